@@ -1,0 +1,53 @@
+//! Command-line interface. Kept apart from main.rs so man pages and completions come from it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success, or nothing to do
+  1  runtime failure (the host is left as it was, or in the state the message describes)
+  2  usage or configuration error (nothing was changed)
+`pgha status` uses the monitoring-plugin codes instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgha",
+    version,
+    about = "PostgreSQL hot-standby replication for Debian clusters",
+    long_about = "pgha sets up and operates streaming replication between Debian PostgreSQL clusters \
+                  (9.5 to 18): a primary, one or more hot standbys, and the day-2 commands around them. \
+                  It reads /etc/pgha/pgha.conf, renders the PostgreSQL configuration, and applies it with \
+                  Debian's tools (pg_lsclusters, pg_ctlcluster, conf.d). It never deletes PostgreSQL data.",
+    after_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    /// Path of the configuration file
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// Log more (repeat for debug output)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print every file pgha would write, with its target path; touches nothing
+    Render(crate::cmd::render::RenderArgs),
+    /// Make this host's cluster the replication primary
+    Primary(crate::cmd::primary::PrimaryArgs),
+    /// Delete archived WAL older than archive.keep
+    PruneArchive(crate::cmd::prune_archive::PruneArchiveArgs),
+    /// Write /etc/pgha/pgha.conf and the password file (used by the package's postinst)
+    WriteConfig(crate::cmd::write_config::WriteConfigArgs),
+    /// Write man pages and shell completions (used by the package build)
+    #[command(hide = true)]
+    GenerateDocs(crate::cmd::generate_docs::GenerateDocsArgs),
+}

@@ -1,0 +1,30 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod apply;
+mod cli;
+mod cmd;
+mod config;
+mod debian;
+mod error;
+mod hba;
+mod host;
+mod logging;
+mod password;
+mod pg;
+mod plan;
+mod render;
+mod version;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init(cli.verbose);
+    match cmd::run(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(error) => {
+            log::error!("{error:#}");
+            ExitCode::from(error::exit_code_for(&error) as u8)
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! A plan: everything a command will change, computed before anything is changed.
+//! `--dry-run` prints it; `apply` carries it out.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use similar::TextDiff;
+
+/// Owner and mode a written file must end up with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ownership {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileChange {
+    pub path: PathBuf,
+    /// None when the file does not exist yet.
+    pub old: Option<String>,
+    pub new: String,
+    pub ownership: Ownership,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    WriteFile(FileChange),
+    CreateDir { path: PathBuf, ownership: Ownership },
+    /// SQL run on the local server. `shown` is what a dry run prints: secrets already redacted.
+    Sql { shown: String, sql: String },
+    /// A description of a command (reload, restart) carried out by the subcommand itself.
+    Command(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    pub fn push(&mut self, step: Step) {
+        self.steps.push(step);
+    }
+
+    pub fn file_changes(&self) -> impl Iterator<Item = &FileChange> {
+        self.steps.iter().filter_map(|step| match step {
+            Step::WriteFile(change) => Some(change),
+            _ => None,
+        })
+    }
+
+    /// The plan as an admin reads it: unified diffs for files, then everything else.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for step in &self.steps {
+            match step {
+                Step::WriteFile(change) => out.push_str(&describe_file_change(change)),
+                Step::CreateDir { path, ownership } => {
+                    let _ = writeln!(out, "create directory {} (uid {}, mode {:04o})", path.display(), ownership.uid, ownership.mode);
+                }
+                Step::Sql { shown, .. } => {
+                    let _ = writeln!(out, "run SQL: {shown}");
+                }
+                Step::Command(command) => {
+                    let _ = writeln!(out, "run: {command}");
+                }
+            }
+        }
+        out
+    }
+}
+
+pub fn describe_file_change(change: &FileChange) -> String {
+    let path = change.path.display().to_string();
+    let old = change.old.as_deref().unwrap_or("");
+    let old_name = if change.old.is_some() { format!("a{path}") } else { "/dev/null".into() };
+    let mut out = TextDiff::from_lines(old, &change.new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&old_name, &format!("b{path}"))
+        .to_string();
+    if out.is_empty() {
+        out = format!("set owner/mode of {path} to uid {} gid {} mode {:04o}\n", change.ownership.uid, change.ownership.gid, change.ownership.mode);
+    }
+    out
+}
+
+/// A write of `new` to `path`, or None when the file already has that content, owner and mode.
+pub fn file_change(path: &Path, new: String, ownership: Ownership) -> Result<Option<FileChange>> {
+    let old = match fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if let Some(old_text) = &old {
+        let metadata = fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+        let same_ownership = metadata.uid() == ownership.uid && metadata.gid() == ownership.gid && metadata.mode() & 0o7777 == ownership.mode;
+        if *old_text == new && same_ownership {
+            return Ok(None);
+        }
+    }
+    Ok(Some(FileChange { path: path.to_path_buf(), old, new, ownership }))
+}
+
+/// Owner and mode of an existing file, so a rewrite keeps what the admin or Debian chose.
+pub fn existing_ownership(path: &Path) -> Result<Ownership> {
+    let metadata = fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    Ok(Ownership { uid: metadata.uid(), gid: metadata.gid(), mode: metadata.mode() & 0o7777 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_file_needs_no_step_and_changed_file_shows_a_diff() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.conf");
+        fs::write(&path, "a = 1\n").unwrap();
+        let ownership = existing_ownership(&path).unwrap();
+        assert_eq!(file_change(&path, "a = 1\n".into(), ownership).unwrap(), None);
+        let change = file_change(&path, "a = 2\n".into(), ownership).unwrap().unwrap();
+        let diff = describe_file_change(&change);
+        assert!(diff.contains("-a = 1") && diff.contains("+a = 2"), "{diff}");
+        let new_file = file_change(&dir.path().join("new.conf"), "x\n".into(), ownership).unwrap().unwrap();
+        assert!(describe_file_change(&new_file).starts_with("--- /dev/null"));
+    }
+}

@@ -1,0 +1,229 @@
+//! The files pgha writes, as a pure function of the config and probed facts. No I/O here.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::pg::{conf_quote, conninfo_quote, shell_quote};
+use crate::version::PgVersion;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+/// The primary's settings a hot standby must match or exceed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HotStandbySettings {
+    pub max_connections: u32,
+    pub max_worker_processes: u32,
+    pub max_wal_senders: u32,
+    pub max_prepared_transactions: u32,
+    pub max_locks_per_transaction: u32,
+}
+
+/// What pgha learnt about the host and the servers before rendering.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub version: PgVersion,
+    pub config_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// This node's own address from the config.
+    pub own_address: IpAddr,
+    /// `ssl` on the local server: decides hostssl or host in pg_hba.conf.
+    pub local_ssl: bool,
+    /// `ssl` on the primary: decides sslmode when replication.sslmode is auto.
+    pub primary_ssl: bool,
+    pub primary_settings: Option<HotStandbySettings>,
+}
+
+impl Facts {
+    /// Debian's defaults for a cluster that could not be asked: ssl on, the standard paths.
+    pub fn assumed(version: PgVersion, cluster_name: &str, own_address: IpAddr) -> Facts {
+        Facts {
+            version,
+            config_dir: PathBuf::from(format!("/etc/postgresql/{version}/{cluster_name}")),
+            data_dir: PathBuf::from(format!("/var/lib/postgresql/{version}/{cluster_name}")),
+            own_address,
+            local_ssl: true,
+            primary_ssl: true,
+            primary_settings: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// pgha owns the whole file.
+    Whole,
+    /// pgha owns the `# BEGIN pgha` … `# END pgha` block inside the file.
+    HbaBlock,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderedFile {
+    pub path: PathBuf,
+    pub kind: FileKind,
+    pub content: String,
+}
+
+/// Replication slot and application_name of the standby at `address`: the primary can tell
+/// which standby a slot belongs to, and a re-clone of the same host reuses it.
+pub fn standby_name(address: IpAddr) -> String {
+    let text: String = address.to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    format!("pgha_{text}")
+}
+
+pub fn conf_fragment_path(config_dir: &Path) -> PathBuf {
+    config_dir.join("conf.d").join("pgha.conf")
+}
+
+const TEMPLATES: [(&str, &str); 5] = [
+    ("header.tera", include_str!("../templates/header.tera")),
+    ("postgresql.conf.tera", include_str!("../templates/postgresql.conf.tera")),
+    ("pg_hba.tera", include_str!("../templates/pg_hba.tera")),
+    ("recovery.conf.tera", include_str!("../templates/recovery.conf.tera")),
+    ("standby.signal.tera", include_str!("../templates/standby.signal.tera")),
+];
+
+fn engine() -> Result<tera::Tera> {
+    let mut tera = tera::Tera::default();
+    tera.autoescape_on(vec![]);
+    tera.add_raw_templates(TEMPLATES).context("pgha's built-in templates do not parse")?;
+    Ok(tera)
+}
+
+/// The primary_conninfo a standby uses: a passfile, never the password itself.
+pub fn primary_conninfo(config: &Config, facts: &Facts) -> String {
+    let mut parts = vec![
+        format!("host={}", conninfo_quote(&config.primary.address.to_string())),
+        format!("port={}", config.primary.port),
+        format!("user={}", conninfo_quote(&config.replication.user)),
+        format!("passfile={}", conninfo_quote(&config.replication.passfile.display().to_string())),
+        format!("application_name={}", standby_name(facts.own_address)),
+        format!("sslmode={}", config.replication.sslmode.resolve(facts.primary_ssl)),
+    ];
+    // Without it a standby whose primary vanished hangs in connect for the kernel's TCP timeout.
+    parts.push("connect_timeout=10".into());
+    parts.join(" ")
+}
+
+fn hba_lines(config: &Config, facts: &Facts) -> Vec<String> {
+    let connection_type = if facts.local_ssl && config.replication.sslmode != crate::config::SslMode::Disable { "hostssl" } else { "host" };
+    let method = if facts.version.has_scram() { "scram-sha-256" } else { "md5" };
+    config
+        .node_addresses()
+        .into_iter()
+        .filter(|address| *address != facts.own_address)
+        .map(|address| {
+            let prefix = if address.is_ipv4() { 32 } else { 128 };
+            format!("{connection_type:<8} replication  \"{}\"  {address}/{prefix}  {method}", config.replication.user)
+        })
+        .collect()
+}
+
+/// Every file pgha writes for `role`, in the order they must be written: for a standby the
+/// signal file or recovery.conf comes first, so nothing can start the copy as a primary.
+pub fn render(role: Role, config: &Config, facts: &Facts) -> Result<Vec<RenderedFile>> {
+    let tera = engine()?;
+    let version = facts.version;
+    let slot_name = config.replication.slots.then(|| standby_name(facts.own_address));
+    let archive_dir = shell_quote(&config.archive.directory.display().to_string()).replace('%', "%%");
+    let archive_command = format!(
+        "(test ! -f {archive_dir}/%f && cp %p {archive_dir}/%f.pgha-tmp && mv {archive_dir}/%f.pgha-tmp {archive_dir}/%f) || cmp -s %p {archive_dir}/%f"
+    );
+    let listen = format!("localhost,{}", facts.own_address);
+
+    let mut context = tera::Context::new();
+    context.insert("role", role.as_str());
+    context.insert("config_path", &config.path.display().to_string());
+    context.insert("version", &version.to_string());
+    context.insert("listen_addresses", &conf_quote(&listen));
+    context.insert("wal_level", version.wal_level());
+    context.insert("max_wal_senders", &config.primary.max_wal_senders);
+    context.insert("max_replication_slots", &config.primary.max_wal_senders.max(10));
+    context.insert("wal_keep_size", &version.has_wal_keep_size());
+    context.insert("wal_keep_mb", &config.primary.wal_keep_mb);
+    context.insert("wal_keep_segments", &config.primary.wal_keep_mb.div_ceil(16));
+    context.insert("max_slot_wal_keep_size", &(version.has_max_slot_wal_keep_size() && config.replication.slots));
+    context.insert("max_slot_wal_keep_mb", &config.primary.max_slot_wal_keep_mb);
+    context.insert("archive_enabled", &config.archive.enabled);
+    context.insert("archive_command", &conf_quote(&archive_command));
+    context.insert("primary_settings", &facts.primary_settings);
+    context.insert("recovery_conf", &version.uses_recovery_conf());
+    context.insert("primary_conninfo", &conf_quote(&primary_conninfo(config, facts)));
+    context.insert("slot_name", &slot_name);
+    context.insert("slot_name_quoted", &slot_name.as_deref().map(conf_quote));
+    context.insert("lines", &hba_lines(config, facts));
+    let reason = if facts.local_ssl {
+        "hostssl: the server has ssl on, so replication traffic and passwords are encrypted."
+    } else {
+        "host: the server has ssl off; turn it on to get hostssl lines."
+    };
+    context.insert("connection_type_reason", reason);
+
+    let render_one = |template: &str| tera.render(template, &context).with_context(|| format!("cannot render {template}"));
+    let mut files = Vec::new();
+    if role == Role::Standby {
+        let (name, template) = if version.uses_recovery_conf() {
+            ("recovery.conf", "recovery.conf.tera")
+        } else {
+            ("standby.signal", "standby.signal.tera")
+        };
+        files.push(RenderedFile { path: facts.data_dir.join(name), kind: FileKind::Whole, content: render_one(template)? });
+    }
+    files.push(RenderedFile {
+        path: conf_fragment_path(&facts.config_dir),
+        kind: FileKind::Whole,
+        content: render_one("postgresql.conf.tera")?,
+    });
+    files.push(RenderedFile {
+        path: facts.config_dir.join("pg_hba.conf"),
+        kind: FileKind::HbaBlock,
+        content: render_one("pg_hba.tera")?,
+    });
+    Ok(files)
+}
+
+/// `pgha render` output: each file under a line naming its target.
+pub fn format_listing(files: &[RenderedFile]) -> String {
+    let mut out = String::new();
+    for file in files {
+        let note = match file.kind {
+            FileKind::Whole => "",
+            FileKind::HbaBlock => " (managed block, placed before every other line)",
+        };
+        out.push_str(&format!("==> {}{note} <==\n{}", file.path.display(), file.content));
+        if !file.content.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_are_valid_postgresql_slot_names() {
+        assert_eq!(standby_name("10.231.0.2".parse().unwrap()), "pgha_10_231_0_2");
+        let v6 = standby_name("2001:db8::B".parse().unwrap());
+        assert!(v6.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{v6}");
+    }
+}
