@@ -92,9 +92,13 @@ impl Transaction {
         for undo in self.undo.into_iter().rev() {
             let result = match &undo {
                 Undo::Restore { path, content, ownership } => write_atomic(path, content.as_bytes(), *ownership),
-                Undo::Remove(path) => fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display())),
+                Undo::Remove(path) => {
+                    fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))
+                }
                 // remove_dir refuses non-empty directories: anything that arrived meanwhile stays.
-                Undo::RemoveEmptyDir(path) => fs::remove_dir(path).with_context(|| format!("cannot remove {}", path.display())),
+                Undo::RemoveEmptyDir(path) => {
+                    fs::remove_dir(path).with_context(|| format!("cannot remove {}", path.display()))
+                }
             };
             if let Err(error) = result {
                 failures.push(format!("{error:#}"));

@@ -156,9 +156,8 @@ pub struct Config {
 impl Config {
     /// Reads, parses and validates; every failure is a `ConfigError` naming the file and key.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|error| {
-            ConfigError::in_file(path, format!("cannot read the config file: {error}"))
-        })?;
+        let text = fs::read_to_string(path)
+            .map_err(|error| ConfigError::in_file(path, format!("cannot read the config file: {error}")))?;
         Config::parse(path, &text)
     }
 
@@ -232,10 +231,8 @@ impl Config {
         validate_role_name(&user).map_err(|message| bad("replication.user", message))?;
         let replication = Replication {
             user,
-            password_file: absolute(
-                raw_replication.password_file.unwrap_or_else(|| DEFAULT_PASSWORD_FILE.into()),
-            )
-            .map_err(|message| bad("replication.password_file", message))?,
+            password_file: absolute(raw_replication.password_file.unwrap_or_else(|| DEFAULT_PASSWORD_FILE.into()))
+                .map_err(|message| bad("replication.password_file", message))?,
             passfile: absolute(raw_replication.passfile.unwrap_or_else(|| DEFAULT_PASSFILE.into()))
                 .map_err(|message| bad("replication.passfile", message))?,
             slots: raw_replication.slots.unwrap_or(true),
@@ -338,11 +335,17 @@ fn parse_version_value(value: &toml::Value) -> Result<PgVersion, String> {
 
 fn validate_cluster_name(name: &str) -> Result<(), String> {
     // pg_createcluster's own rule: the name becomes a path component and a systemd instance name.
-    let ok = !name.is_empty() && !name.starts_with('-') && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) && name != "." && name != "..";
+    let ok = !name.is_empty()
+        && !name.starts_with('-')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        && name != "."
+        && name != "..";
     if ok {
         Ok(())
     } else {
-        Err(format!("{name:?} is not a cluster name: expected letters, digits, '_', '-' or '.' as pg_lsclusters shows it"))
+        Err(format!(
+            "{name:?} is not a cluster name: expected letters, digits, '_', '-' or '.' as pg_lsclusters shows it"
+        ))
     }
 }
 
@@ -365,7 +368,19 @@ pub fn validate_role_name(name: &str) -> Result<(), String> {
     if name.starts_with('+') || name.starts_with('@') {
         return Err(format!("{name:?}: a leading '+' or '@' means a group or a file in pg_hba.conf: {expected}"));
     }
-    let reserved = ["all", "replication", "samerole", "samegroup", "sameuser", "public", "none", "current_role", "current_user", "session_user", "postgres"];
+    let reserved = [
+        "all",
+        "replication",
+        "samerole",
+        "samegroup",
+        "sameuser",
+        "public",
+        "none",
+        "current_role",
+        "current_user",
+        "session_user",
+        "postgres",
+    ];
     if reserved.contains(&name.to_ascii_lowercase().as_str()) {
         return Err(format!(
             "{name:?} is reserved (a pg_hba.conf keyword, an SQL keyword or the superuser): expected a dedicated replication role such as \"replicator\""
@@ -407,14 +422,17 @@ fn parse_sslmode(text: &str) -> Result<SslMode, String> {
         "require" => SslMode::Require,
         "verify-ca" => SslMode::VerifyCa,
         "verify-full" => SslMode::VerifyFull,
-        _ => return Err(format!("{text:?} is not supported: expected auto, require, verify-ca, verify-full or disable")),
+        _ => {
+            return Err(format!("{text:?} is not supported: expected auto, require, verify-ca, verify-full or disable"))
+        }
     })
 }
 
 /// Durations such as "7d", "12h", "90s" or "5min".
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|_| format!("{text:?} is not a duration: expected a number and a unit, such as \"7d\", \"12h\" or \"90s\""))
+    humantime::parse_duration(text.trim()).map_err(|_| {
+        format!("{text:?} is not a duration: expected a number and a unit, such as \"7d\", \"12h\" or \"90s\"")
+    })
 }
 
 /// Sizes in PostgreSQL's notation ("512MB", "1GB", "2TB"), returned in megabytes.
@@ -465,7 +483,9 @@ mod tests {
 
     #[test]
     fn version_may_be_integer_float_or_string() {
-        for (text, expected) in [("15", PgVersion::new(15, 0)), ("9.5", PgVersion::new(9, 5)), ("\"9.6\"", PgVersion::new(9, 6))] {
+        for (text, expected) in
+            [("15", PgVersion::new(15, 0)), ("9.5", PgVersion::new(9, 5)), ("\"9.6\"", PgVersion::new(9, 6))]
+        {
             let config = parse(&format!("[cluster]\nversion = {text}\n{MINIMAL}")).unwrap();
             assert_eq!(config.cluster.version, Some(expected));
         }
@@ -473,7 +493,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_and_value() {
-        let error = parse("[primary]\naddress = \"10.0.0.300\"\n[standby]\naddresses = [\"192.0.2.11\"]\n").unwrap_err();
+        let error =
+            parse("[primary]\naddress = \"10.0.0.300\"\n[standby]\naddresses = [\"192.0.2.11\"]\n").unwrap_err();
         let text = error.to_string();
         assert!(text.contains("primary.address") && text.contains("10.0.0.300"), "{text}");
     }

@@ -49,7 +49,8 @@ pub fn parse_pg_lsclusters(output: &str) -> Result<Vec<Cluster>> {
         if fields.len() < 6 {
             anyhow::bail!("unexpected pg_lsclusters line {line:?}");
         }
-        let version: PgVersion = fields[0].parse().map_err(|error: String| anyhow::anyhow!("pg_lsclusters: {error}"))?;
+        let version: PgVersion =
+            fields[0].parse().map_err(|error: String| anyhow::anyhow!("pg_lsclusters: {error}"))?;
         let port = fields[2].parse().with_context(|| format!("pg_lsclusters: bad port in {line:?}"))?;
         let status = fields[3];
         let log_file = fields.get(6).filter(|log| log.starts_with('/')).map(PathBuf::from);
@@ -72,7 +73,11 @@ pub fn list_clusters() -> Result<Vec<Cluster>> {
 }
 
 /// Picks the cluster the config names, or the only one there is.
-pub fn select_cluster(config_path: &Path, choice: &ClusterChoice, clusters: &[Cluster]) -> Result<Cluster, ConfigError> {
+pub fn select_cluster(
+    config_path: &Path,
+    choice: &ClusterChoice,
+    clusters: &[Cluster],
+) -> Result<Cluster, ConfigError> {
     let listed = || {
         if clusters.is_empty() {
             "pg_lsclusters lists none".to_string()
@@ -104,7 +109,10 @@ pub fn select_cluster(config_path: &Path, choice: &ClusterChoice, clusters: &[Cl
         _ => Err(ConfigError::key(
             config_path,
             "cluster",
-            format!("several clusters match and [cluster] does not say which: {}; set cluster.version and cluster.name", listed()),
+            format!(
+                "several clusters match and [cluster] does not say which: {}; set cluster.version and cluster.name",
+                listed()
+            ),
         )),
     }
 }
@@ -143,10 +151,9 @@ pub fn invoke_pg_ctlcluster(cluster: &Cluster, action: ClusterAction) -> Result<
 
 /// The last lines of the cluster's log, for error messages.
 pub fn log_tail(cluster: &Cluster, lines: usize) -> String {
-    let path = cluster
-        .log_file
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/var/log/postgresql/postgresql-{}-{}.log", cluster.version, cluster.name)));
+    let path = cluster.log_file.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("/var/log/postgresql/postgresql-{}-{}.log", cluster.version, cluster.name))
+    });
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let all: Vec<&str> = text.lines().collect();

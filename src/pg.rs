@@ -88,7 +88,9 @@ pub fn wait_until_ready(target: &Target, timeout: Duration) -> Result<()> {
         match query_value(target, "SELECT 1") {
             Ok(_) => return Ok(()),
             Err(error) if Instant::now() >= deadline => {
-                return Err(error.context(format!("the server did not accept connections within {}s", timeout.as_secs())))
+                return Err(
+                    error.context(format!("the server did not accept connections within {}s", timeout.as_secs()))
+                )
             }
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }

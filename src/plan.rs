@@ -29,9 +29,15 @@ pub struct FileChange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     WriteFile(FileChange),
-    CreateDir { path: PathBuf, ownership: Ownership },
+    CreateDir {
+        path: PathBuf,
+        ownership: Ownership,
+    },
     /// SQL run on the local server. `shown` is what a dry run prints: secrets already redacted.
-    Sql { shown: String, sql: String },
+    Sql {
+        shown: String,
+        sql: String,
+    },
     /// A description of a command (reload, restart) carried out by the subcommand itself.
     Command(String),
 }
@@ -64,7 +70,13 @@ impl Plan {
             match step {
                 Step::WriteFile(change) => out.push_str(&describe_file_change(change)),
                 Step::CreateDir { path, ownership } => {
-                    let _ = writeln!(out, "create directory {} (uid {}, mode {:04o})", path.display(), ownership.uid, ownership.mode);
+                    let _ = writeln!(
+                        out,
+                        "create directory {} (uid {}, mode {:04o})",
+                        path.display(),
+                        ownership.uid,
+                        ownership.mode
+                    );
                 }
                 Step::Sql { shown, .. } => {
                     let _ = writeln!(out, "run SQL: {shown}");
@@ -88,7 +100,10 @@ pub fn describe_file_change(change: &FileChange) -> String {
         .header(&old_name, &format!("b{path}"))
         .to_string();
     if out.is_empty() {
-        out = format!("set owner/mode of {path} to uid {} gid {} mode {:04o}\n", change.ownership.uid, change.ownership.gid, change.ownership.mode);
+        out = format!(
+            "set owner/mode of {path} to uid {} gid {} mode {:04o}\n",
+            change.ownership.uid, change.ownership.gid, change.ownership.mode
+        );
     }
     out
 }
@@ -102,7 +117,9 @@ pub fn file_change(path: &Path, new: String, ownership: Ownership) -> Result<Opt
     };
     if let Some(old_text) = &old {
         let metadata = fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
-        let same_ownership = metadata.uid() == ownership.uid && metadata.gid() == ownership.gid && metadata.mode() & 0o7777 == ownership.mode;
+        let same_ownership = metadata.uid() == ownership.uid
+            && metadata.gid() == ownership.gid
+            && metadata.mode() & 0o7777 == ownership.mode;
         if *old_text == new && same_ownership {
             return Ok(None);
         }

@@ -84,7 +84,11 @@ pub struct RenderedFile {
 /// Replication slot and application_name of the standby at `address`: the primary can tell
 /// which standby a slot belongs to, and a re-clone of the same host reuses it.
 pub fn standby_name(address: IpAddr) -> String {
-    let text: String = address.to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let text: String = address
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
     format!("pgha_{text}")
 }
 
@@ -123,7 +127,11 @@ pub fn primary_conninfo(config: &Config, facts: &Facts) -> String {
 }
 
 fn hba_lines(config: &Config, facts: &Facts) -> Vec<String> {
-    let connection_type = if facts.local_ssl && config.replication.sslmode != crate::config::SslMode::Disable { "hostssl" } else { "host" };
+    let connection_type = if facts.local_ssl && config.replication.sslmode != crate::config::SslMode::Disable {
+        "hostssl"
+    } else {
+        "host"
+    };
     let method = if facts.version.has_scram() { "scram-sha-256" } else { "md5" };
     config
         .node_addresses()
@@ -176,7 +184,8 @@ pub fn render(role: Role, config: &Config, facts: &Facts) -> Result<Vec<Rendered
     };
     context.insert("connection_type_reason", reason);
 
-    let render_one = |template: &str| tera.render(template, &context).with_context(|| format!("cannot render {template}"));
+    let render_one =
+        |template: &str| tera.render(template, &context).with_context(|| format!("cannot render {template}"));
     let mut files = Vec::new();
     if role == Role::Standby {
         let (name, template) = if version.uses_recovery_conf() {
@@ -184,7 +193,11 @@ pub fn render(role: Role, config: &Config, facts: &Facts) -> Result<Vec<Rendered
         } else {
             ("standby.signal", "standby.signal.tera")
         };
-        files.push(RenderedFile { path: facts.data_dir.join(name), kind: FileKind::Whole, content: render_one(template)? });
+        files.push(RenderedFile {
+            path: facts.data_dir.join(name),
+            kind: FileKind::Whole,
+            content: render_one(template)?,
+        });
     }
     files.push(RenderedFile {
         path: conf_fragment_path(&facts.config_dir),

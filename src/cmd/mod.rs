@@ -45,7 +45,10 @@ pub fn require_local_address(config_path: &Path, key: &str, address: IpAddr) -> 
     Err(ConfigError::key(
         config_path,
         key,
-        format!("{address} is not an address of this host (it has {}): run this command on the host that owns it", have.join(", ")),
+        format!(
+            "{address} is not an address of this host (it has {}): run this command on the host that owns it",
+            have.join(", ")
+        ),
     )
     .into())
 }

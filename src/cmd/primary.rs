@@ -16,7 +16,7 @@ use crate::host::postgres_account;
 use crate::password::{stored_matches, verifier_for};
 use crate::pg::{query, query_value, sql_identifier, sql_literal, wait_until_ready, Target};
 use crate::plan::{existing_ownership, file_change, Ownership, Plan, Step};
-use crate::render::{conf_fragment_path, render, FileKind, Facts, Role};
+use crate::render::{conf_fragment_path, render, Facts, FileKind, Role};
 
 /// How long a restarted or reloaded server gets to accept connections again.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -107,7 +107,10 @@ pub fn plan(config: &Config, cluster: &Cluster, facts: &Facts, target: &Target, 
 
     let conf_d = cluster.config_dir().join("conf.d");
     if !conf_d.is_dir() {
-        plan.push(Step::CreateDir { path: conf_d, ownership: Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o755 } });
+        plan.push(Step::CreateDir {
+            path: conf_d,
+            ownership: Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o755 },
+        });
     }
     for file in render(Role::Primary, config, facts)? {
         let change = match file.kind {
@@ -115,8 +118,10 @@ pub fn plan(config: &Config, cluster: &Cluster, facts: &Facts, target: &Target, 
                 file_change(&file.path, file.content, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o644 })?
             }
             FileKind::HbaBlock => {
-                let current = fs::read_to_string(&file.path).with_context(|| format!("cannot read {}", file.path.display()))?;
-                let merged = merge_block(&current, &file.content).map_err(|message| anyhow::anyhow!("{}: {message}", file.path.display()))?;
+                let current =
+                    fs::read_to_string(&file.path).with_context(|| format!("cannot read {}", file.path.display()))?;
+                let merged = merge_block(&current, &file.content)
+                    .map_err(|message| anyhow::anyhow!("{}: {message}", file.path.display()))?;
                 file_change(&file.path, merged, existing_ownership(&file.path)?)?
             }
         };
@@ -175,7 +180,8 @@ fn role_step(config: &Config, cluster: &Cluster, target: &Target, password: &Pas
             ("ALTER", (!password_ok).then(verifier))
         }
     };
-    let attributes = format!("{verb} ROLE {} WITH LOGIN REPLICATION NOSUPERUSER CONNECTION LIMIT {limit}", sql_identifier(user));
+    let attributes =
+        format!("{verb} ROLE {} WITH LOGIN REPLICATION NOSUPERUSER CONNECTION LIMIT {limit}", sql_identifier(user));
     let shown = match &password_clause {
         Some(_) => format!("{attributes} PASSWORD '<{kind} verifier>'"),
         None => attributes.clone(),
@@ -197,9 +203,15 @@ fn apply(plan: &Plan, cluster: &Cluster, target: &Target) -> Result<()> {
         log::warn!("putting back the files pgha changed");
         transaction.rollback().context("after a failed `pgha primary`")?;
         if let Err(restore) = restore_service(cluster, target) {
-            bail!("{error:#}\nthe old configuration is back but the cluster did not come up with it: {restore:#}\n{}", log_tail(cluster, 20));
+            bail!(
+                "{error:#}\nthe old configuration is back but the cluster did not come up with it: {restore:#}\n{}",
+                log_tail(cluster, 20)
+            );
         }
-        return Err(error.context(format!("`pgha primary` failed; the files it changed are restored and cluster {} runs as before", cluster.id())));
+        return Err(error.context(format!(
+            "`pgha primary` failed; the files it changed are restored and cluster {} runs as before",
+            cluster.id()
+        )));
     }
     Ok(())
 }
@@ -244,7 +256,8 @@ fn apply_steps(plan: &Plan, cluster: &Cluster, target: &Target, transaction: &mu
         if let Err(error) = invoke_pg_ctlcluster(cluster, ClusterAction::Restart) {
             bail!("{error:#}\n{}", log_tail(cluster, 20));
         }
-        wait_until_ready(target, READY_TIMEOUT).map_err(|error| anyhow::anyhow!("{error:#}\n{}", log_tail(cluster, 20)))?;
+        wait_until_ready(target, READY_TIMEOUT)
+            .map_err(|error| anyhow::anyhow!("{error:#}\n{}", log_tail(cluster, 20)))?;
     }
     Ok(())
 }
@@ -272,7 +285,8 @@ fn check_config_files(cluster: &Cluster, target: &Target) -> Result<()> {
         &format!("SELECT name, sourcefile, sourceline FROM pg_file_settings WHERE applied AND name IN ({names}) AND sourcefile <> {}", sql_literal(&fragment.display().to_string())),
     )?;
     if !overridden.is_empty() {
-        let lines: Vec<String> = overridden.iter().map(|row| format!("{} is set again in {} line {}", row[0], row[1], row[2])).collect();
+        let lines: Vec<String> =
+            overridden.iter().map(|row| format!("{} is set again in {} line {}", row[0], row[1], row[2])).collect();
         bail!(
             "settings in {} would not take effect:\n{}\nremove them there (for postgresql.auto.conf: ALTER SYSTEM RESET name)",
             fragment.display(),

@@ -67,9 +67,17 @@ impl PruneArchiveArgs {
         }
         let verb = if self.dry_run { "would delete" } else { "deleted" };
         if count == 0 {
-            println!("nothing older than {} in {}: no changes", humantime::format_duration(config.archive.keep), directory.display());
+            println!(
+                "nothing older than {} in {}: no changes",
+                humantime::format_duration(config.archive.keep),
+                directory.display()
+            );
         } else {
-            log::info!("{verb} {count} archived files ({} MB) older than {}", bytes / 1_048_576, humantime::format_duration(config.archive.keep));
+            log::info!(
+                "{verb} {count} archived files ({} MB) older than {}",
+                bytes / 1_048_576,
+                humantime::format_duration(config.archive.keep)
+            );
             println!("{verb} {count} files, {} MB", bytes / 1_048_576);
         }
         Ok(EXIT_OK)

@@ -89,7 +89,8 @@ impl WriteConfigArgs {
             let mut input = String::new();
             std::io::stdin().read_to_string(&mut input).context("cannot read the password from standard input")?;
             let password = input.strip_suffix('\n').unwrap_or(&input).to_string();
-            validate_password(&password).map_err(|message| ConfigError::new(format!("replication password: {message}")))?;
+            validate_password(&password)
+                .map_err(|message| ConfigError::new(format!("replication password: {message}")))?;
             Some(password)
         } else {
             None
@@ -101,7 +102,11 @@ impl WriteConfigArgs {
         let root = Ownership { uid: 0, gid: 0, mode: 0o644 };
         let mut changes = Vec::new();
         if let Some(password) = password {
-            changes.extend(file_change(&self.password_file, format!("{password}\n"), Ownership { mode: 0o600, ..root })?);
+            changes.extend(file_change(
+                &self.password_file,
+                format!("{password}\n"),
+                Ownership { mode: 0o600, ..root },
+            )?);
         }
         changes.extend(file_change(config_path, text, root)?);
         if changes.is_empty() {

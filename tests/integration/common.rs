@@ -1,0 +1,308 @@
+//! Test hosts made of real parts: Debian clusters created and dropped by the test, network
+//! namespaces with their own addresses, and the pgha binary run with a scrubbed environment.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A number unique within this test process, for cluster names, ports and namespaces.
+pub fn unique() -> u32 {
+    COUNTER.fetch_add(1, Ordering::SeqCst)
+}
+
+/// A port no other test process is likely to pick: the pid spreads processes apart.
+pub fn free_port() -> u16 {
+    let base = 40000 + (std::process::id() % 200) * 100;
+    (base + unique() % 100) as u16
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Skips (with a loud message) tests that need root or a PostgreSQL server, but only outside CI:
+/// under CI=true a missing prerequisite is a failure, so CI cannot pass by skipping.
+pub fn require_root_and_postgres() -> bool {
+    let ok = is_root() && Path::new("/usr/lib/postgresql/15/bin/postgres").exists();
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("CI needs root and postgresql-15 for this test");
+    }
+    if !ok {
+        eprintln!("SKIPPED: needs root and postgresql-15");
+    }
+    ok
+}
+
+pub fn run(command: &mut Command) -> Output {
+    let output = command.output().unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
+    output
+}
+
+pub fn run_ok(command: &mut Command) -> String {
+    let output = run(command);
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn sh(script: &str) -> String {
+    run_ok(Command::new("sh").arg("-c").arg(script))
+}
+
+/// The pgha binary, with the environment scrubbed as in ripgrep's tests.
+pub fn pgha(netns: Option<&str>) -> Command {
+    let binary = env!("CARGO_BIN_EXE_pgha");
+    let mut command = match netns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns, binary]);
+            command
+        }
+        None => Command::new(binary),
+    };
+    command.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LANG", "C.UTF-8");
+    command
+}
+
+pub struct PghaOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn pgha_output(command: &mut Command) -> PghaOutput {
+    let output = run(command);
+    PghaOutput {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A network namespace: a host with its own interfaces and addresses.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn exec(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Two hosts joined by a veth pair, each with its own /24 address (10.231.N.1 and 10.231.N.2).
+pub struct HostPair {
+    pub a: Netns,
+    pub b: Netns,
+    pub a_ip: String,
+    pub b_ip: String,
+}
+
+pub fn host_pair() -> HostPair {
+    let id = unique();
+    let subnet = (std::process::id() % 50) * 5 + id % 5;
+    let tag = format!("{}{}", std::process::id() % 100000, id);
+    let (a, b) = (format!("pgha-a{tag}"), format!("pgha-b{tag}"));
+    let (veth_a, veth_b) = (format!("pa{tag}"), format!("pb{tag}"));
+    let a_ip = format!("10.231.{subnet}.1");
+    let b_ip = format!("10.231.{subnet}.2");
+    sh(&format!(
+        "set -e; ip netns add {a}; ip netns add {b}
+         ip link add {veth_a} type veth peer name {veth_b}
+         ip link set {veth_a} netns {a}; ip link set {veth_b} netns {b}
+         ip -n {a} addr add {a_ip}/24 dev {veth_a}; ip -n {b} addr add {b_ip}/24 dev {veth_b}
+         ip -n {a} link set lo up; ip -n {a} link set {veth_a} up
+         ip -n {b} link set lo up; ip -n {b} link set {veth_b} up"
+    ));
+    HostPair { a: Netns { name: a }, b: Netns { name: b }, a_ip, b_ip }
+}
+
+/// A Debian cluster created by the test with pg_createcluster, dropped (data and all) at the end.
+pub struct TestCluster {
+    pub version: String,
+    pub name: String,
+    pub port: u16,
+    pub netns: Option<String>,
+}
+
+impl TestCluster {
+    pub fn create(version: &str, netns: Option<&str>) -> TestCluster {
+        let name = format!("pgha_t{}_{}", std::process::id(), unique());
+        let port = free_port();
+        run_ok(
+            Command::new("pg_createcluster")
+                .args([version, &name, "-p", &port.to_string()])
+                .arg("--")
+                .arg("--auth-local=peer"),
+        );
+        TestCluster { version: version.into(), name, port, netns: netns.map(str::to_string) }
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/etc/postgresql/{}/{}", self.version, self.name))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/var/lib/postgresql/{}/{}", self.version, self.name))
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        PathBuf::from(format!("/var/log/postgresql/postgresql-{}-{}.log", self.version, self.name))
+    }
+
+    fn ctl(&self, action: &str) -> Command {
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, "pg_ctlcluster"]);
+                command
+            }
+            None => Command::new("pg_ctlcluster"),
+        };
+        command.args([&self.version, &self.name, action]);
+        command
+    }
+
+    pub fn start(&self) {
+        run_ok(&mut self.ctl("start"));
+    }
+
+    pub fn stop(&self) {
+        run_ok(self.ctl("stop").args(["--", "-m", "fast"]));
+    }
+
+    pub fn is_running(&self) -> bool {
+        Command::new("pg_ctlcluster")
+            .args([&self.version, &self.name, "status"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// SQL as postgres over the Unix socket; returns unaligned, tuples-only output.
+    pub fn psql(&self, sql: &str) -> String {
+        run_ok(self.psql_command(sql)).trim().to_string()
+    }
+
+    pub fn try_psql(&self, sql: &str) -> Result<String, String> {
+        let output = run(&mut self.psql_command(sql));
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
+    fn psql_command(&self, sql: &str) -> Command {
+        let mut command = Command::new("runuser");
+        command.args([
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "/var/run/postgresql",
+            "-p",
+        ]);
+        command.arg(self.port.to_string()).args(["-d", "postgres", "-c", sql]);
+        command
+    }
+
+    pub fn wait_for(&self, sql: &str, expected: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.try_psql(sql);
+            if got.as_deref() == Ok(expected) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{sql} on {} gave {got:?}, expected {expected:?}", self.name);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn postmaster_start_time(&self) -> String {
+        self.psql("SELECT pg_postmaster_start_time()")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("pg_ctlcluster").args([&self.version, &self.name, "stop", "-m", "immediate"]).output();
+        let _ = Command::new("pg_dropcluster").args([&self.version, &self.name]).output();
+        // Directories pgha keeps beside the data directory (old copies, staging) belong to this test too.
+        let parent = PathBuf::from(format!("/var/lib/postgresql/{}", self.version));
+        if let Ok(entries) = fs::read_dir(&parent) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{}.", self.name)) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+}
+
+/// A config directory for one test: pgha.conf plus a 0600 password file.
+pub struct TestConfig {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub password_file: PathBuf,
+}
+
+impl TestConfig {
+    pub fn new(body: &str, password: &str) -> TestConfig {
+        let dir = tempfile::Builder::new().prefix("pgha-test-").tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let password_file = dir.path().join("replication.password");
+        fs::write(&password_file, format!("{password}\n")).unwrap();
+        fs::set_permissions(&password_file, fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join("pgha.conf");
+        let body = body.replace("@PASSWORD_FILE@", &password_file.display().to_string());
+        fs::write(&path, body).unwrap();
+        TestConfig { dir, path, password_file }
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+/// A pgha.conf for one cluster, with the password file and archive inside the test's directory.
+pub fn config_text(cluster: &TestCluster, primary: &str, port: u16, standbys: &[&str], archive_dir: &Path) -> String {
+    let list: Vec<String> = standbys.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[cluster]\nversion = {}\nname = \"{}\"\n\n[primary]\naddress = \"{primary}\"\nport = {port}\n\n[standby]\naddresses = [{}]\nstreaming_timeout = \"60s\"\n\n[replication]\nuser = \"replicator\"\npassword_file = \"@PASSWORD_FILE@\"\n\n[archive]\ndirectory = \"{}\"\nkeep = \"1d\"\n",
+        cluster.version,
+        cluster.name,
+        list.join(", "),
+        archive_dir.display()
+    )
+}

@@ -1,0 +1,5 @@
+//! pgha's integration tests: one crate, one module per area (ripgrep's layout).
+//! Tests that touch PostgreSQL create and drop their own clusters; tests that cross hosts
+//! use network namespaces. They need root; see README.md, "Tests".
+
+mod common;
