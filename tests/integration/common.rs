@@ -200,7 +200,7 @@ impl TestCluster {
 
     /// SQL as postgres over the Unix socket; returns unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> String {
-        run_ok(self.psql_command(sql)).trim().to_string()
+        run_ok(&mut self.psql_command(sql)).trim().to_string()
     }
 
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
