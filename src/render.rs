@@ -137,9 +137,13 @@ fn hba_lines(config: &Config, facts: &Facts) -> Vec<String> {
         .node_addresses()
         .into_iter()
         .filter(|address| *address != facts.own_address)
-        .map(|address| {
+        .flat_map(|address| {
             let prefix = if address.is_ipv4() { 32 } else { 128 };
-            format!("{connection_type:<8} replication  \"{}\"  {address}/{prefix}  {method}", config.replication.user)
+            let user = &config.replication.user;
+            // `replication` streams WAL; `postgres` lets a peer read what the replication protocol
+            // cannot tell (sizes, walsenders, slots, lag) for preflight checks, status and verify.
+            ["replication", "postgres"]
+                .map(|database| format!("{connection_type:<8} {database:<12} \"{user}\"  {address}/{prefix}  {method}"))
         })
         .collect()
 }

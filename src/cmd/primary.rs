@@ -150,10 +150,16 @@ fn archive_dir_step(config: &Config, ownership: Ownership) -> Result<Option<Step
 fn role_step(config: &Config, cluster: &Cluster, target: &Target, password: &Password) -> Result<Option<Step>> {
     let user = &config.replication.user;
     let limit = config.replication.connection_limit;
+    // pg_monitor (10 and later) lets peers read replication state without being superuser.
+    let monitor = if cluster.version.has_wal_names() {
+        format!("pg_has_role({}, 'pg_monitor', 'MEMBER')", sql_literal(user))
+    } else {
+        "true".to_string()
+    };
     let rows = query(
         target,
         &format!(
-            "SELECT rolcanlogin, rolreplication, rolsuper, rolconnlimit, coalesce(rolpassword, '') FROM pg_authid WHERE rolname = {}",
+            "SELECT rolcanlogin, rolreplication, rolsuper, rolconnlimit, coalesce(rolpassword, ''), {monitor} FROM pg_authid WHERE rolname = {}",
             sql_literal(user)
         ),
     )?;
@@ -162,7 +168,7 @@ fn role_step(config: &Config, cluster: &Cluster, target: &Target, password: &Pas
     let (verb, password_clause) = match rows.first() {
         None => ("CREATE", Some(verifier())),
         Some(row) => {
-            let [login, replication, superuser, connlimit, stored] = row.as_slice() else {
+            let [login, replication, superuser, connlimit, stored, monitor] = row.as_slice() else {
                 bail!("unexpected pg_authid row {row:?}");
             };
             if superuser == "t" {
@@ -174,7 +180,7 @@ fn role_step(config: &Config, cluster: &Cluster, target: &Target, password: &Pas
                 .into());
             }
             let password_ok = stored_matches(cluster.version, user, stored, password);
-            if login == "t" && replication == "t" && connlimit == &limit.to_string() && password_ok {
+            if login == "t" && replication == "t" && connlimit == &limit.to_string() && password_ok && monitor == "t" {
                 return Ok(None);
             }
             ("ALTER", (!password_ok).then(verifier))
@@ -186,10 +192,16 @@ fn role_step(config: &Config, cluster: &Cluster, target: &Target, password: &Pas
         Some(_) => format!("{attributes} PASSWORD '<{kind} verifier>'"),
         None => attributes.clone(),
     };
-    let statement = match password_clause {
+    let mut statement = match password_clause {
         Some(verifier) => format!("{attributes} PASSWORD {}", sql_literal(&verifier)),
         None => attributes,
     };
+    let mut shown = shown;
+    if cluster.version.has_wal_names() {
+        let grant = format!(";\nGRANT pg_monitor TO {}", sql_identifier(user));
+        statement.push_str(&grant);
+        shown.push_str(&grant.replace('\n', " "));
+    }
     // Keep even the verifier out of the server log, whatever log_statement the admin chose.
     let sql = format!("SET log_statement = 'none';\nSET log_min_duration_statement = -1;\n{statement};\n");
     Ok(Some(Step::Sql { shown, sql }))
