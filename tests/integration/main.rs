@@ -3,3 +3,4 @@
 //! use network namespaces. They need root; see README.md, "Tests".
 
 mod common;
+mod standby;
