@@ -3,3 +3,5 @@
 //! use network namespaces. They need root; see README.md, "Tests".
 
 mod common;
+
+mod golden;
