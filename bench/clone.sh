@@ -16,7 +16,7 @@ RUNS=${RUNS:-3}
 VERSION=15
 BIN=/usr/lib/postgresql/$VERSION/bin
 NS_A=pghab-a NS_B=pghab-b
-IP_A=10.232.77.1 IP_B=10.232.77.2
+IP_A=10.233.77.1 IP_B=10.233.77.2
 PORT_A=46501 PORT_B=46502
 CL_A=pghabench_a CL_B=pghabench_b
 WORK=$(mktemp -d /tmp/pgha-bench.XXXXXX)
@@ -93,8 +93,11 @@ BARE_CONNINFO="host=$IP_A port=$PORT_A user=replicator passfile=$WORK/pgpass ssl
 pgha_times=() bare_times=()
 for run in $(seq 1 "$RUNS"); do
     start=$(now)
-    ip netns exec $NS_B "$PGHA" --config "$WORK/pgha-b.conf" standby --force-reclone >/dev/null 2>&1
+    ip netns exec $NS_B "$PGHA" --config "$WORK/pgha-b.conf" standby --force-reclone 2>&1 >/dev/null \
+        | while IFS= read -r line; do printf '%s %s\n' "$(now)" "$line"; done > "$WORK/trace"
     end=$(now)
+    # TRACE=1 shows where pgha's time goes: each log line with its offset from the start.
+    [ -n "${TRACE:-}" ] && awk -v s="$start" '{t=$1; $1=""; printf "  +%6.2fs%s\n", t - s, $0}' "$WORK/trace"
     pgha_times+=("$(echo "$end - $start" | bc)")
     rm -rf /var/lib/postgresql/$VERSION/$CL_B.pgha-old-*
 

