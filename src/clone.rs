@@ -624,8 +624,10 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
 
     notify_status("starting the standby");
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.config.primary.address);
-    let came_up =
-        invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| wait_for_streaming(context, timeout));
+    let came_up = invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| {
+        log::info!("cluster {} is up; waiting for it to stream", cluster.id());
+        wait_for_streaming(context, timeout)
+    });
     if let Err(error) = came_up {
         eprintln!("{}", log_tail(cluster, 30));
         let undo = undo_after_swap(context, &remote, old.as_deref(), transaction, created_slot, was_running);
@@ -915,6 +917,7 @@ fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result<()>
             bail!("the new copy came up as a primary, not in recovery");
         }
         if wal_receiver_streaming(context).unwrap_or(false) {
+            log::info!("cluster {} streams from {}", context.cluster.id(), context.config.primary.address);
             return Ok(());
         }
         if Instant::now() >= deadline {
