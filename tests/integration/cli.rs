@@ -83,6 +83,11 @@ fn password_file_problems_are_config_errors() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("replication.password_file") && out.stderr.contains("empty"), "{}", out.stderr);
 
+    fs::write(&config.password_file, "two\nlines\n").unwrap();
+    let out = run_with(&config, &["primary"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("line break"), "{}", out.stderr);
+
     fs::remove_file(&config.password_file).unwrap();
     let out = run_with(&config, &["primary"]);
     assert_eq!(out.code, 2);

@@ -11,15 +11,22 @@ use crate::common::{
 
 /// Every character class the issue names: quotes, backslash, dollar, semicolon, space, unicode.
 const AWKWARD_PASSWORD: &str = "it's \"q\" \\ $HOME; ünï cødé";
+/// A role name needing SQL and conninfo quoting, with a passfile separator in it.
+const AWKWARD_USER: &str = "rép'l$;x:1";
 
 struct Primary {
     hosts: HostPair,
     cluster: TestCluster,
     config: TestConfig,
     archive: std::path::PathBuf,
+    user: String,
 }
 
 fn primary_setup(password: &str) -> Primary {
+    primary_setup_for("replicator", password)
+}
+
+fn primary_setup_for(user: &str, password: &str) -> Primary {
     let hosts = host_pair();
     let cluster = TestCluster::create("15", Some(&hosts.a.name));
     cluster.start();
@@ -27,8 +34,14 @@ fn primary_setup(password: &str) -> Primary {
     fs::set_permissions(&scratch, fs::Permissions::from_mode(0o755)).unwrap();
     // A space and a quote in the archive path: archive_command must survive both.
     let archive = scratch.join("wal 'archive'");
-    let config = TestConfig::new(&config_text(&cluster, &hosts.a_ip, cluster.port, &[&hosts.b_ip], &archive), password);
-    Primary { hosts, cluster, config, archive }
+    let text = config_text(&cluster, &hosts.a_ip, cluster.port, &[&hosts.b_ip], &archive)
+        .replace("user = \"replicator\"", &format!("user = {}", toml_string(user)));
+    let config = TestConfig::new(&text, password);
+    Primary { hosts, cluster, config, archive, user: user.to_string() }
+}
+
+fn toml_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 fn run_primary(setup: &Primary, extra: &[&str]) -> crate::common::PghaOutput {
@@ -38,13 +51,15 @@ fn run_primary(setup: &Primary, extra: &[&str]) -> crate::common::PghaOutput {
 /// A replication connection from host B, authenticated through a passfile as a standby's would be.
 fn identify_system_from_b(setup: &Primary, password: &str) -> Result<String, String> {
     let passfile = setup.config.dir.path().join("client.pgpass");
-    let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
-    fs::write(&passfile, format!("{}:{}:*:replicator:{escaped}\n", setup.hosts.a_ip, setup.cluster.port)).unwrap();
+    let escape = |text: &str| text.replace('\\', "\\\\").replace(':', "\\:");
+    let line = format!("{}:{}:*:{}:{}\n", setup.hosts.a_ip, setup.cluster.port, escape(&setup.user), escape(password));
+    fs::write(&passfile, line).unwrap();
     fs::set_permissions(&passfile, fs::Permissions::from_mode(0o600)).unwrap();
     let conninfo = format!(
-        "host={} port={} user=replicator passfile={} replication=true sslmode=require connect_timeout=5",
+        "host={} port={} user='{}' passfile={} replication=true sslmode=require connect_timeout=5",
         setup.hosts.a_ip,
         setup.cluster.port,
+        setup.user.replace('\\', "\\\\").replace('\'', "\\'"),
         passfile.display()
     );
     let output = run(setup
@@ -70,7 +85,11 @@ fn primary_configures_replication_once_and_then_changes_nothing() {
     if !require_root_and_postgres() {
         return;
     }
-    let setup = primary_setup(AWKWARD_PASSWORD);
+    let setup = primary_setup_for(AWKWARD_USER, AWKWARD_PASSWORD);
+    let role = AWKWARD_USER.replace('\'', "''");
+    // Log every statement, so a plaintext or verifier sent as SQL text would land in the log.
+    setup.cluster.psql("ALTER SYSTEM SET log_statement = 'all'");
+    setup.cluster.psql("SELECT pg_reload_conf()");
     assert!(identify_system_from_b(&setup, AWKWARD_PASSWORD).is_err(), "B must not get in before pgha primary");
 
     let first = run_primary(&setup, &[]);
@@ -85,13 +104,13 @@ fn primary_configures_replication_once_and_then_changes_nothing() {
 
     // The role: login, replication, a connection limit, never superuser.
     assert_eq!(
-        cluster.psql(
-            "SELECT rolcanlogin, rolreplication, rolsuper, rolconnlimit FROM pg_roles WHERE rolname = 'replicator'"
-        ),
+        cluster.psql(&format!(
+            "SELECT rolcanlogin, rolreplication, rolsuper, rolconnlimit FROM pg_roles WHERE rolname = '{role}'"
+        )),
         "t|t|f|5"
     );
     assert!(cluster
-        .psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'replicator'")
+        .psql(&format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'"))
         .starts_with("SCRAM-SHA-256$"));
 
     // A standby's address gets in with the awkward password over TLS; the system id comes back.
@@ -104,7 +123,7 @@ fn primary_configures_replication_once_and_then_changes_nothing() {
     let hba = fs::read_to_string(cluster.config_dir().join("pg_hba.conf")).unwrap();
     assert_eq!(hba.matches("# BEGIN pgha").count(), 1);
     assert!(hba.find("# BEGIN pgha").unwrap() < hba.find("\nlocal ").expect("Debian's local lines"));
-    let expected_line = format!("hostssl  replication  \"replicator\"  {}/32  scram-sha-256", setup.hosts.b_ip);
+    let expected_line = format!("hostssl  replication  \"{AWKWARD_USER}\"  {}/32  scram-sha-256", setup.hosts.b_ip);
     assert!(hba.contains(&expected_line), "{expected_line:?} not in:\n{hba}");
 
     // The archive directory belongs to postgres, mode 0700, and archiving into it works.
@@ -130,7 +149,10 @@ fn primary_configures_replication_once_and_then_changes_nothing() {
     assert_eq!(file_state(&cluster.config_dir().join("pg_hba.conf")), hba_before);
 
     // The plaintext never reached the server log (log_statement=all would have shown it).
-    assert!(!cluster.log().contains(AWKWARD_PASSWORD), "the password is in the cluster log");
+    let log = cluster.log();
+    assert!(log.contains("LOG:  statement: SELECT pg_walfile_name"), "log_statement=all did not take effect");
+    assert!(!log.contains(AWKWARD_PASSWORD), "the password is in the cluster log");
+    assert!(!log.contains("SCRAM-SHA-256$"), "the verifier is in the cluster log");
 }
 
 #[test]
