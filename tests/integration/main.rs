@@ -4,5 +4,7 @@
 
 mod common;
 
+mod cli;
 mod golden;
+mod primary;
 mod standby;
