@@ -290,3 +290,28 @@ fn dir_mb(path: &Path) -> u64 {
     let output = Command::new("du").args(["-sm"]).arg(path).output().unwrap();
     String::from_utf8_lossy(&output.stdout).split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
+
+/// After the swap the new standby does not come up: here because the primary's
+/// postgresql.auto.conf (copied by the clone, read after conf.d) asks for fewer connections than
+/// the primary runs with, which a hot standby refuses. The original must come back and run.
+#[test]
+fn a_standby_that_does_not_start_is_swapped_back() {
+    let Some(setup) = setup() else { return };
+    let (a, b) = (&setup.a, &setup.b);
+    a.psql("ALTER SYSTEM SET max_connections = 150");
+    run_ok(setup.hosts.a.exec("pg_ctlcluster").args([&a.version, &a.name, "restart"]));
+    a.psql("ALTER SYSTEM SET max_connections = 50");
+    let conf_d = b.config_dir().join("conf.d/pgha.conf");
+    assert!(!conf_d.exists());
+
+    let out = standby(&setup, &setup.config_b, &["--timeout", "30s"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("max_connections"), "the log tail names the cause: {}", out.stderr);
+    assert!(out.stderr.contains("original data directory is back"), "{}", out.stderr);
+    assert_b_untouched(&setup);
+    assert!(old_dirs(b).is_empty(), "the original was moved back, not left aside");
+    assert!(!PathBuf::from(format!("{}.pgha-failed", b.data_dir().display())).exists());
+    assert!(!conf_d.exists(), "conf.d/pgha.conf must be rolled back");
+    assert!(!PathBuf::from(format!("{}.pgpass", setup.config_b.password_file.display())).exists());
+    assert_eq!(a.psql("SELECT count(*) FROM pg_replication_slots"), "0", "the failed clone's slot must not leak");
+}
