@@ -136,6 +136,35 @@ pub fn host_pair() -> HostPair {
     HostPair { a: Netns { name: a }, b: Netns { name: b }, a_ip, b_ip }
 }
 
+/// IDENTIFY_SYSTEM over a replication connection from `client` to `host:port`, authenticated
+/// through a passfile (written into `scratch`) as a standby's would be, over TLS.
+pub fn identify_system(
+    client: &Netns,
+    host: &str,
+    port: u16,
+    scratch: &Path,
+    password: &str,
+) -> Result<String, String> {
+    let passfile = scratch.join("client.pgpass");
+    let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+    fs::write(&passfile, format!("{host}:{port}:*:replicator:{escaped}\n")).unwrap();
+    fs::set_permissions(&passfile, fs::Permissions::from_mode(0o600)).unwrap();
+    let conninfo = format!(
+        "host={host} port={port} user=replicator passfile={} replication=true sslmode=require connect_timeout=5",
+        passfile.display()
+    );
+    let output = run(client
+        .exec("psql")
+        .args(["-X", "-A", "-t", "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin"));
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
 /// A Debian cluster created by the test with pg_createcluster, dropped (data and all) at the end.
 pub struct TestCluster {
     pub version: String,
