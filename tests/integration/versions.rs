@@ -88,6 +88,16 @@ fn check_primary(major: u32, hosts: &HostPair) {
     let run_primary = || pgha_output(pgha(Some(&hosts.a.name)).args(["--config", config.path_str(), "primary"]));
     let identify = |password| identify_system(&hosts.b, &hosts.a_ip, cluster.port, scratch.path(), password);
     assert!(identify(PASSWORD).is_err(), "B got in before pgha primary");
+    // Half the versions start where the manual procedure leaves a host: `createuser --replication -P`
+    // under md5 (the default before 14). pgha must turn that into SCRAM, which its hba lines demand.
+    let seeded = major % 2 == 0;
+    if seeded {
+        let escaped = PASSWORD.replace('\\', "\\\\").replace('\'', "\\'");
+        cluster.psql(&format!(
+            "SET password_encryption = 'md5'; CREATE ROLE replicator LOGIN REPLICATION CONNECTION LIMIT 5 PASSWORD E'{escaped}'"
+        ));
+        assert!(cluster.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'replicator'").starts_with("md5"));
+    }
 
     let first = run_primary();
     assert_eq!(first.code, 0, "pgha primary failed:\n{}\n{}\n{}", first.stdout, first.stderr, cluster.log());
@@ -109,7 +119,8 @@ fn check_primary(major: u32, hosts: &HostPair) {
         assert!(!setting_exists("wal_keep_size") && !setting_exists("max_slot_wal_keep_size"));
     }
 
-    // The role: SCRAM verifier on every version (10+), replication, pg_monitor, never superuser.
+    // The role: a SCRAM verifier on every version (10+), also where it was md5 before;
+    // replication, pg_monitor, never superuser.
     assert_eq!(
         cluster.psql(
             "SELECT rolcanlogin, rolreplication, rolsuper, pg_has_role(oid, 'pg_monitor', 'MEMBER') \
