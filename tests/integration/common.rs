@@ -177,12 +177,9 @@ impl TestCluster {
     pub fn create(version: &str, netns: Option<&str>) -> TestCluster {
         let name = format!("pgha_t{}_{}", std::process::id(), unique());
         let port = free_port();
-        run_ok(
-            Command::new("pg_createcluster")
-                .args([version, &name, "-p", &port.to_string()])
-                .arg("--")
-                .arg("--auth-local=peer"),
-        );
+        // No initdb auth options: with any, pg_createcluster leaves pg_hba.conf to initdb, which
+        // trusts every loopback TCP connection instead of Debian's peer/md5/scram-sha-256 lines.
+        run_ok(Command::new("pg_createcluster").args([version, &name, "-p", &port.to_string()]));
         TestCluster { version: version.into(), name, port, netns: netns.map(str::to_string) }
     }
 
