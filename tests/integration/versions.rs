@@ -55,7 +55,7 @@ fn primary_works_on_every_installed_major() {
     let hosts = host_pair();
     let mut failed = Vec::new();
     for major in &majors {
-        eprintln!("=== PostgreSQL {major}");
+        let began = std::time::Instant::now();
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| check_primary(*major, &hosts))) {
             let message = panic
                 .downcast_ref::<String>()
@@ -64,6 +64,7 @@ fn primary_works_on_every_installed_major() {
                 .unwrap_or_default();
             failed.push(format!("PostgreSQL {major}: {message}"));
         }
+        eprintln!("PostgreSQL {major}: checked in {:.1}s", began.elapsed().as_secs_f64());
     }
     eprintln!("versions checked: {majors:?}; failed: {}", failed.len());
     assert!(failed.is_empty(), "`pgha primary` failed on:\n{}", failed.join("\n\n"));
@@ -98,6 +99,23 @@ fn check_primary(major: u32, hosts: &HostPair) {
         ));
         assert!(cluster.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'replicator'").starts_with("md5"));
     }
+
+    // pg_file_settings catches a setting that postgresql.auto.conf would override, before anything loads.
+    cluster.psql("ALTER SYSTEM SET wal_log_hints = off");
+    let hba = cluster.config_dir().join("pg_hba.conf");
+    let hba_before = fs::read_to_string(&hba).unwrap();
+    let started = cluster.postmaster_start_time();
+    let refused = run_primary();
+    assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stderr.contains("wal_log_hints") && refused.stderr.contains("postgresql.auto.conf"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!cluster.config_dir().join("conf.d/pgha.conf").exists(), "conf.d/pgha.conf left behind");
+    assert_eq!(fs::read_to_string(&hba).unwrap(), hba_before, "pg_hba.conf not restored");
+    assert_eq!(cluster.postmaster_start_time(), started, "a refused run restarted the server");
+    cluster.psql("ALTER SYSTEM RESET wal_log_hints");
 
     let first = run_primary();
     assert_eq!(first.code, 0, "pgha primary failed:\n{}\n{}\n{}", first.stdout, first.stderr, cluster.log());
