@@ -155,7 +155,9 @@ pub fn identify_system(
     );
     let output = run(client
         .exec("psql")
-        .args(["-X", "-A", "-t", "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"])
+        // -h/-p repeat the conninfo's values so that pg_wrapper does not scan every cluster on the
+        // host for a default, which fails while a parallel test creates or drops one.
+        .args(["-X", "-A", "-t", "-h", host, "-p", &port.to_string(), "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"])
         .env_clear()
         .env("PATH", "/usr/bin:/bin"));
     if output.status.success() {
