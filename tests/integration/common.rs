@@ -136,6 +136,13 @@ pub fn host_pair() -> HostPair {
     HostPair { a: Netns { name: a }, b: Netns { name: b }, a_ip, b_ip }
 }
 
+/// A libpq passfile (mode 0600) for the replicator role at `host:port`.
+pub fn write_passfile(path: &Path, host: &str, port: u16, password: &str) {
+    let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+    fs::write(path, format!("{host}:{port}:*:replicator:{escaped}\n")).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// IDENTIFY_SYSTEM over a replication connection from `client` to `host:port`, authenticated
 /// through a passfile (written into `scratch`) as a standby's would be, over TLS.
 pub fn identify_system(
@@ -146,9 +153,7 @@ pub fn identify_system(
     password: &str,
 ) -> Result<String, String> {
     let passfile = scratch.join("client.pgpass");
-    let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
-    fs::write(&passfile, format!("{host}:{port}:*:replicator:{escaped}\n")).unwrap();
-    fs::set_permissions(&passfile, fs::Permissions::from_mode(0o600)).unwrap();
+    write_passfile(&passfile, host, port, password);
     let conninfo = format!(
         "host={host} port={port} user=replicator passfile={} replication=true sslmode=require connect_timeout=5",
         passfile.display()

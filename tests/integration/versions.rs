@@ -1,6 +1,9 @@
 //! `pgha primary` against a real server of every PostgreSQL major from 10 to 18, each an
 //! ordinary Debian cluster on host A with host B standing in for a standby.
 //!
+//! Where Debian's pg_basebackup can clone the major (10 to 15 on bookworm), a standby made from
+//! `pgha render --role standby` must then stream from it.
+//!
 //! Debian 12 ships only 15; tests/pgversions/install.sh (run by `make deps`) installs the others
 //! under /usr/lib/postgresql/<major>. Outside CI a missing major is skipped loudly; under CI it fails.
 
@@ -11,7 +14,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::common::{
-    config_text, host_pair, identify_system, is_root, pgha, pgha_output, HostPair, TestCluster, TestConfig,
+    config_text, host_pair, identify_system, is_root, pgha, pgha_output, run_ok, write_passfile, HostPair, TestCluster,
+    TestConfig,
 };
 
 const MAJORS: [u32; 9] = [10, 11, 12, 13, 14, 15, 16, 17, 18];
@@ -79,12 +83,15 @@ fn check_primary(major: u32, hosts: &HostPair) {
     let scratch = tempfile::tempdir().unwrap();
     fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let archive = scratch.path().join("archive");
-    let body = config_text(&cluster, &hosts.a_ip, cluster.port, &[&hosts.b_ip], &archive).replace(
-        "\n\n[standby]",
-        &format!(
-            "\nwal_keep_size = \"{WAL_KEEP_MB}MB\"\nmax_slot_wal_keep_size = \"{MAX_SLOT_WAL_KEEP}\"\n\n[standby]"
-        ),
-    );
+    let standby_passfile = scratch.path().join("standby.pgpass");
+    let body = config_text(&cluster, &hosts.a_ip, cluster.port, &[&hosts.b_ip], &archive)
+        .replace(
+            "\n\n[standby]",
+            &format!(
+                "\nwal_keep_size = \"{WAL_KEEP_MB}MB\"\nmax_slot_wal_keep_size = \"{MAX_SLOT_WAL_KEEP}\"\n\n[standby]"
+            ),
+        )
+        .replace("[replication]\n", &format!("[replication]\npassfile = \"{}\"\n", standby_passfile.display()));
     let config = TestConfig::new(&body, PASSWORD);
     let run_primary = || pgha_output(pgha(Some(&hosts.a.name)).args(["--config", config.path_str(), "primary"]));
     let identify = |password| identify_system(&hosts.b, &hosts.a_ip, cluster.port, scratch.path(), password);
@@ -172,4 +179,81 @@ fn check_primary(major: u32, hosts: &HostPair) {
     assert!(second.stdout.contains("no changes"), "second run said: {}\n{}", second.stdout, second.stderr);
     assert_eq!(cluster.postmaster_start_time(), started, "second run restarted the server");
     assert!(!cluster.log().contains("ion's"), "the password is in the server log");
+
+    if Path::new(&format!("/usr/lib/postgresql/{major}/bin/pg_basebackup")).exists() {
+        check_streaming(major, hosts, &cluster, &config, &standby_passfile);
+    } else {
+        eprintln!("PostgreSQL {major}: no pg_basebackup for this major here: streaming not checked");
+    }
+}
+
+/// The primary pgha configured really feeds a hot standby on host B: a clone by pg_basebackup,
+/// then the files `pgha render --role standby` writes (recovery.conf on 10/11, standby.signal
+/// from 12), started as an ordinary Debian cluster, streaming through the slot pgha names.
+fn check_streaming(major: u32, hosts: &HostPair, primary: &TestCluster, config: &TestConfig, passfile: &Path) {
+    let postgres = uzers::get_user_by_name("postgres").unwrap();
+    write_passfile(passfile, &hosts.a_ip, primary.port, PASSWORD);
+    std::os::unix::fs::chown(passfile, Some(postgres.uid()), Some(postgres.primary_group_id())).unwrap();
+    let slot = format!("pgha_{}", hosts.b_ip.replace('.', "_"));
+    primary.psql(&format!("SELECT pg_create_physical_replication_slot('{slot}')"));
+
+    let standby = TestCluster::create(&major.to_string(), Some(&hosts.b.name));
+    fs::remove_dir_all(standby.data_dir()).unwrap();
+    let conninfo = format!(
+        "host={} port={} user=replicator passfile={} sslmode=require",
+        hosts.a_ip,
+        primary.port,
+        passfile.display()
+    );
+    run_ok(hosts.b.exec("runuser").args(["-u", "postgres", "--"]).args([
+        &format!("/usr/lib/postgresql/{major}/bin/pg_basebackup"),
+        "-d",
+        &conninfo,
+        "-D",
+        standby.data_dir().to_str().unwrap(),
+        "-X",
+        "stream",
+        "--checkpoint=fast",
+    ]));
+
+    let rendered = tempfile::tempdir().unwrap();
+    let root = rendered.path().to_str().unwrap();
+    run_ok(pgha(Some(&hosts.b.name)).args([
+        "--config",
+        config.path_str(),
+        "render",
+        "--role",
+        "standby",
+        "--root",
+        root,
+    ]));
+    // Rendered for the config's cluster name; the standby cluster has its own.
+    let rendered_config = rendered.path().join(format!("etc/postgresql/{major}/{}", primary.name));
+    let rendered_data = rendered.path().join(format!("var/lib/postgresql/{major}/{}", primary.name));
+    let signal = if major < 12 { "recovery.conf" } else { "standby.signal" };
+    if major < 12 {
+        assert!(!rendered_data.join("standby.signal").exists(), "standby.signal rendered for {major}");
+    } else {
+        assert!(!rendered_data.join("recovery.conf").exists(), "recovery.conf rendered for {major}");
+    }
+    let copies = [
+        (rendered_config.join("conf.d/pgha.conf"), standby.config_dir().join("conf.d/pgha.conf")),
+        (rendered_data.join(signal), standby.data_dir().join(signal)),
+    ];
+    for (from, to) in copies {
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(&from, &to).unwrap_or_else(|error| panic!("{} -> {}: {error}", from.display(), to.display()));
+        std::os::unix::fs::chown(&to, Some(postgres.uid()), Some(postgres.primary_group_id())).unwrap();
+    }
+    standby.start();
+
+    primary.wait_for(
+        &format!("SELECT state FROM pg_stat_replication WHERE application_name = '{slot}'"),
+        "streaming",
+        Duration::from_secs(30),
+    );
+    assert_eq!(primary.psql(&format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'")), "t");
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
+    primary.psql("CREATE TABLE pgha_version_probe AS SELECT 42 AS answer");
+    standby.wait_for("SELECT answer FROM pgha_version_probe", "42", Duration::from_secs(30));
 }
