@@ -55,6 +55,12 @@ ours() { # is /usr/lib/postgresql/$1 our symlink into the cache?
 remove_all() {
     local major
     for major in "${!PINNED[@]}"; do
+        if compgen -G "/etc/postgresql/$major/*/postgresql.conf" >/dev/null; then
+            log "$major: clusters remain in /etc/postgresql/$major: drop them first"
+            return 1
+        fi
+    done
+    for major in "${!PINNED[@]}"; do
         if ours "$major"; then
             rm -f "$BINROOT/$major"
             log "removed $BINROOT/$major"
