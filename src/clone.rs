@@ -198,26 +198,49 @@ pub fn write_passfile(config: &Config, password: &Password) -> Result<bool> {
     }
 }
 
-/// A passfile only this run uses, in a directory only postgres can enter, removed on drop.
-/// Preflight and the clone use it, so a failed or dry run leaves pgha's real passfile as it was.
+/// A passfile only this run uses (postgres, 0600), beside `replication.passfile` and removed on
+/// drop. Preflight and the clone use it, so a failed or dry run leaves pgha's real passfile as it
+/// was. Its name carries the pid, so copies left by a killed run are found and removed next time.
 pub struct PrivatePassfile {
-    _dir: tempfile::TempDir,
     pub path: PathBuf,
 }
 
 impl PrivatePassfile {
     pub fn new(config: &Config, password: &Password) -> Result<PrivatePassfile> {
         let postgres = postgres_account()?;
-        let dir = tempfile::Builder::new().prefix("pgha-passfile-").tempdir().context("cannot make a temporary dir")?;
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))?;
-        std::os::unix::fs::chown(dir.path(), Some(postgres.uid), Some(postgres.gid))?;
-        let path = dir.path().join("pgpass");
+        let real = &config.replication.passfile;
+        let dir = real.parent().context("replication.passfile has no directory")?;
+        let prefix =
+            format!(".{}.pgha-run-", real.file_name().context("replication.passfile has no name")?.to_string_lossy());
+        remove_stale_private_passfiles(dir, &prefix);
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let number = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{prefix}{}-{number}", std::process::id()));
         write_atomic(
             &path,
             passfile_content(config, password).as_bytes(),
             Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o600 },
         )?;
-        Ok(PrivatePassfile { _dir: dir, path })
+        Ok(PrivatePassfile { path })
+    }
+}
+
+impl Drop for PrivatePassfile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn remove_stale_private_passfiles(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid =
+            name.strip_prefix(prefix).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 

@@ -142,6 +142,12 @@ fn clones_a_streaming_standby_and_a_rerun_is_a_no_op() {
     assert_eq!(b.postmaster_start_time(), started, "the standby was restarted");
     assert_eq!(old_dirs(b).len(), 1);
 
+    let leftovers: Vec<_> = fs::read_dir(setup.config_b.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().contains(".pgha-run-"))
+        .collect();
+    assert!(leftovers.is_empty(), "private passfiles left behind: {leftovers:?}");
     for text in [&out.stdout, &out.stderr, &again.stdout, &again.stderr, &a.log(), &b.log()] {
         assert!(!text.contains(PASSWORD), "the password leaked into output or a server log");
     }
