@@ -45,6 +45,14 @@ pub enum Command {
     Primary(crate::cmd::primary::PrimaryArgs),
     /// Delete archived WAL older than archive.keep
     PruneArchive(crate::cmd::prune_archive::PruneArchiveArgs),
+    /// Show this host's role and replication health (monitoring-plugin exit codes)
+    Status(crate::cmd::status::StatusArgs),
+    /// Prove that a change on the primary reaches every standby, and time it
+    Verify(crate::cmd::verify::VerifyArgs),
+    /// Turn this standby into the primary (refuses while the primary still accepts writes)
+    Promote(crate::cmd::promote::PromoteArgs),
+    /// Turn a former primary into a standby of the current primary (pg_rewind, or a full clone)
+    Rejoin(crate::cmd::rejoin::RejoinArgs),
     /// Write /etc/pgha/pgha.conf and the password file (used by the package's postinst)
     WriteConfig(crate::cmd::write_config::WriteConfigArgs),
     /// Write man pages and shell completions (used by the package build)
