@@ -16,6 +16,7 @@ pub mod promote;
 pub mod prune_archive;
 pub mod rejoin;
 pub mod render;
+pub mod standby;
 pub mod status;
 pub mod verify;
 pub mod write_config;
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Render(args) => args.run(config_path),
         Command::Primary(args) => args.run(config_path),
+        Command::Standby(args) => args.run(config_path),
         Command::PruneArchive(args) => args.run(config_path),
         Command::Status(args) => args.run(config_path),
         Command::Verify(args) => args.run(config_path),

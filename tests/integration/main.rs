@@ -3,3 +3,6 @@
 //! use network namespaces. They need root; see README.md, "Tests".
 
 mod common;
+
+mod golden;
+mod standby;
