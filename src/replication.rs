@@ -385,23 +385,6 @@ pub fn ensure_slot_sql(name: &str) -> String {
     )
 }
 
-/// An ordinary (non-replication) connection to a peer's `postgres` database as the replication
-/// role, authenticated from the passfile: what status, verify, promote and rejoin use to ask a
-/// peer about its state. `prefer` when sslmode is auto: the peer's hba decides (hostssl on Debian).
-pub fn peer_conninfo(config: &crate::config::Config, host: IpAddr, port: u16, connect_timeout: u32) -> String {
-    use crate::pg::conninfo_quote;
-    let sslmode = match config.replication.sslmode {
-        crate::config::SslMode::Auto => "prefer",
-        other => other.as_str(),
-    };
-    format!(
-        "host={} port={port} dbname=postgres user={} passfile={} sslmode={sslmode} connect_timeout={connect_timeout} application_name=pgha",
-        conninfo_quote(&host.to_string()),
-        conninfo_quote(&config.replication.user),
-        conninfo_quote(&config.replication.passfile.display().to_string()),
-    )
-}
-
 /// Whether a psql failure means nobody answered at that address (as opposed to a server that
 /// answered and refused us, which proves it is up).
 pub fn is_unreachable(error_text: &str) -> bool {

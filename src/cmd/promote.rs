@@ -20,7 +20,8 @@ use crate::error::{ConfigError, EXIT_OK};
 use crate::pg::{invoke_psql, query, query_value, Target};
 use crate::plan::{describe_file_change, existing_ownership, file_change};
 use crate::render::standby_name;
-use crate::replication::{ensure_slot_sql, is_unreachable, peer_conninfo};
+use crate::clone::{preflight_sslmode, primary_client_conninfo};
+use crate::replication::{ensure_slot_sql, is_unreachable};
 
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -106,7 +107,12 @@ fn refuse_if_primary_alive(config: &Config, local: &Target) -> Result<()> {
     if streaming {
         bail!("refusing to promote: this standby is streaming from the configured primary {primary} right now, so it is up; {consequence}; {advice}");
     }
-    let remote = Target::Remote { conninfo: peer_conninfo(config, config.primary.address, config.primary.port, 3) };
+    // A primary that is gone often does not even refuse the connection: keep the wait short.
+    let conninfo = format!(
+        "{} connect_timeout=3",
+        primary_client_conninfo(config, &config.replication.passfile, preflight_sslmode(config), "postgres")
+    );
+    let remote = Target::Remote { conninfo };
     match invoke_psql(&remote, "SELECT pg_is_in_recovery()") {
         Ok(output) if output.trim().trim_matches('\u{1e}') == "t" => {
             log::info!("the configured primary {primary} answers but is in recovery: not a writable primary");

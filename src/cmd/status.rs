@@ -35,6 +35,10 @@ pub struct StatusArgs {
     /// CRITICAL above this lag: bytes ("1GB") or time ("5min"); repeat to set both [default: 1GB]
     #[arg(long, value_name = "LIMIT")]
     pub crit_lag: Vec<LagLimit>,
+
+    /// Print the raw answer of the status query (for saving parser test samples)
+    #[arg(long, hide = true)]
+    pub raw: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -174,6 +178,11 @@ fn describe_lag(lag: Lag) -> String {
 
 impl StatusArgs {
     pub fn run(self, config_path: &Path) -> Result<i32> {
+        if self.raw {
+            let (_, cluster) = crate::cmd::load_config_and_cluster(config_path)?;
+            print!("{}", crate::pg::invoke_psql(&Target::local(&cluster), &snapshot_sql(cluster.version))?);
+            return Ok(0);
+        }
         let limits = Limits::from_args(&self);
         let report = match gather(config_path, &limits) {
             Ok(report) => report,

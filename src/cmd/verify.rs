@@ -13,7 +13,8 @@ use crate::config::Config;
 use crate::error::{ConfigError, EXIT_OK};
 use crate::pg::{query, query_value, Target};
 use crate::render::standby_name;
-use crate::replication::{parse_snapshot, parse_verify_output, peer_conninfo, snapshot_sql, verify_sql, Lsn};
+use crate::clone::{preflight_sslmode, primary_client_conninfo};
+use crate::replication::{parse_snapshot, parse_verify_output, snapshot_sql, verify_sql, Lsn};
 use crate::version::PgVersion;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -114,7 +115,9 @@ pub fn primary_target(config_path: &Path, config: &Config) -> Result<(Target, St
             config.replication.passfile.display()
         );
     }
-    let target = Target::Remote { conninfo: peer_conninfo(config, primary, config.primary.port, 10) };
+    let conninfo =
+        primary_client_conninfo(config, &config.replication.passfile, preflight_sslmode(config), "postgres");
+    let target = Target::Remote { conninfo };
     // Fail early with a clear message instead of at the first real query.
     query_value(&target, "SELECT 1").with_context(|| format!("cannot connect to the primary {primary}:{}", config.primary.port))?;
     Ok((target, format!("{primary}:{}", config.primary.port)))

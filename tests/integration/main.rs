@@ -4,5 +4,6 @@
 
 mod common;
 
+mod day2;
 mod golden;
 mod standby;
