@@ -60,7 +60,10 @@ pub fn invoke_psql(target: &Target, sql: &str) -> Result<String> {
 
 /// Splits psql's unaligned output into rows of fields.
 pub fn parse_rows(output: &str) -> Vec<Vec<String>> {
+    // psql puts the record separator between records and a newline after the last one.
     output
+        .strip_suffix('\n')
+        .unwrap_or(output)
         .split(RECORD_SEPARATOR)
         .map(|record| record.trim_start_matches('\n'))
         .filter(|record| !record.is_empty())
@@ -146,6 +149,8 @@ mod tests {
         let output = "a\u{1f}b\u{1e}\nmulti\nline\u{1f}\u{1e}";
         assert_eq!(parse_rows(output), vec![vec!["a", "b"], vec!["multi\nline", ""]]);
         assert!(parse_rows("").is_empty());
+        // Saved from psql 15: two rows of (1, 2) with -A -t and these separators.
+        assert_eq!(parse_rows("1\u{1f}2\u{1e}1\u{1f}2\n"), vec![vec!["1", "2"], vec!["1", "2"]]);
     }
 
     #[test]

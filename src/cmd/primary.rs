@@ -312,7 +312,8 @@ fn apply_steps(plan: &Plan, cluster: &Cluster, target: &Target, transaction: &mu
 /// setting overridden by a later file (postgresql.auto.conf, say) is caught while the old
 /// configuration is still the one running.
 fn check_config_files(cluster: &Cluster, target: &Target) -> Result<()> {
-    let errors = query(target, "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings WHERE error IS NOT NULL")?;
+    // "setting could not be applied" only means the new value waits for the restart that follows.
+    let errors = query(target, "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings WHERE error IS NOT NULL AND error <> 'setting could not be applied'")?;
     if !errors.is_empty() {
         let lines: Vec<String> = errors.iter().map(|row| row.join(": ")).collect();
         bail!("PostgreSQL rejects the configuration files:\n{}", lines.join("\n"));
