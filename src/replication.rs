@@ -76,38 +76,92 @@ fn wal_names(version: PgVersion) -> WalNames {
     }
 }
 
-/// The SQL for a snapshot of one server. Every row starts with a tag naming its kind, so one
-/// psql round trip reads everything and the parser needs no knowledge of the version.
+/// Columns of every row of `snapshot_sql`: rows of different kinds are padded to this width.
+const SNAPSHOT_COLUMNS: usize = 10;
+
+/// The SQL for a snapshot of one server: one statement (psql separates the results of several
+/// statements with a bare newline, which could not be told apart from data), every row tagged
+/// with its kind and padded to the same width, so the parser needs no knowledge of the version.
 pub fn snapshot_sql(version: PgVersion) -> String {
-    let names = wal_names(version);
-    let WalNames { current_lsn, receive_lsn, replay_lsn, column } = names;
+    let WalNames { current_lsn, receive_lsn, replay_lsn, column } = wal_names(version);
     let replay_lag = if version.has_wal_names() { "extract(epoch FROM replay_lag)::text" } else { "''" };
-    let wal_status = if version >= PgVersion::new(13, 0) { "coalesce(wal_status, '')" } else { "''" };
-    let mut sql = format!(
-        "SELECT 'server', current_setting('server_version_num'), pg_is_in_recovery()::text, \
-         coalesce(CASE WHEN pg_is_in_recovery() THEN {replay_lsn} ELSE {current_lsn} END::text, '');\n\
-         SELECT 'sender', coalesce(host(client_addr), ''), application_name, coalesce(state, ''), \
-         coalesce(sync_state, ''), coalesce(sent_{column}::text, ''), coalesce(write_{column}::text, ''), \
-         coalesce(flush_{column}::text, ''), coalesce(replay_{column}::text, ''), coalesce({replay_lag}, '') \
-         FROM pg_stat_replication ORDER BY application_name, client_addr;\n\
-         SELECT 'slot', slot_name, slot_type, active::text, coalesce(restart_lsn::text, ''), {wal_status} \
-         FROM pg_replication_slots ORDER BY slot_name;\n\
-         SELECT 'progress', coalesce({receive_lsn}::text, ''), coalesce({replay_lsn}::text, ''), \
-         coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::text, '') WHERE pg_is_in_recovery();\n"
-    );
-    // pg_stat_wal_receiver arrived in 9.6; sender_host/sender_port in 11; written_lsn replaced received_lsn in 13.
+    let wal_status = if version >= PgVersion::new(13, 0) { "wal_status" } else { "''" };
+    let lsn = |expression: &str| format!("coalesce(({expression})::text, '')");
+    let mut parts = vec![
+        (
+            vec![
+                "'server'".to_string(),
+                "current_setting('server_version_num')".into(),
+                "pg_is_in_recovery()::text".into(),
+                lsn(&format!("CASE WHEN pg_is_in_recovery() THEN {replay_lsn} ELSE {current_lsn} END")),
+            ],
+            "",
+        ),
+        (
+            vec![
+                "'sender'".to_string(),
+                "coalesce(host(client_addr), '')".into(),
+                "coalesce(application_name, '')".into(),
+                "coalesce(state, '')".into(),
+                "coalesce(sync_state, '')".into(),
+                lsn(&format!("sent_{column}")),
+                lsn(&format!("write_{column}")),
+                lsn(&format!("flush_{column}")),
+                lsn(&format!("replay_{column}")),
+                format!("coalesce({replay_lag}, '')"),
+            ],
+            "FROM pg_stat_replication",
+        ),
+        (
+            vec![
+                "'slot'".to_string(),
+                "slot_name::text".into(),
+                "slot_type::text".into(),
+                "active::text".into(),
+                lsn("restart_lsn"),
+                format!("coalesce({wal_status}, '')"),
+            ],
+            "FROM pg_replication_slots",
+        ),
+        (
+            vec![
+                "'progress'".to_string(),
+                lsn(receive_lsn),
+                lsn(replay_lsn),
+                "coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::text, '')".into(),
+            ],
+            "WHERE pg_is_in_recovery()",
+        ),
+    ];
+    // pg_stat_wal_receiver arrived in 9.6; sender_host/sender_port in 11.
     if version >= PgVersion::new(9, 6) {
-        let sender = if version >= PgVersion::new(11, 0) {
-            "coalesce(sender_host, ''), coalesce(sender_port::text, '')"
+        let (host, port) = if version >= PgVersion::new(11, 0) {
+            ("coalesce(sender_host, '')", "coalesce(sender_port::text, '')")
         } else {
-            "'', ''"
+            ("''", "''")
         };
-        sql.push_str(&format!(
-            "SELECT 'receiver', coalesce(status, ''), coalesce(conninfo, ''), {sender}, \
-             coalesce(latest_end_lsn::text, ''), coalesce(slot_name, '') FROM pg_stat_wal_receiver;\n"
+        parts.push((
+            vec![
+                "'receiver'".to_string(),
+                "coalesce(status, '')".into(),
+                "coalesce(conninfo, '')".into(),
+                host.into(),
+                port.into(),
+                lsn("latest_end_lsn"),
+                "coalesce(slot_name::text, '')".into(),
+            ],
+            "FROM pg_stat_wal_receiver",
         ));
     }
-    sql
+    let selects: Vec<String> = parts
+        .into_iter()
+        .map(|(mut columns, from)| {
+            columns.resize(SNAPSHOT_COLUMNS, "''".into());
+            let columns: Vec<String> = columns.into_iter().map(|c| format!("({c})::text")).collect();
+            format!("SELECT {} {from}", columns.join(", "))
+        })
+        .collect();
+    format!("{};\n", selects.join("\nUNION ALL "))
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -183,7 +237,13 @@ pub fn parse_snapshot(rows: &[Vec<String>]) -> Result<Snapshot> {
     let mut receiver = None;
     for row in rows {
         let fields: Vec<&str> = row.iter().map(String::as_str).collect();
-        match fields.as_slice() {
+        let width = match fields.first().copied() {
+            Some("server" | "progress") => 4,
+            Some("slot") => 6,
+            Some("receiver") => 7,
+            _ => fields.len(),
+        };
+        match &fields[..width.min(fields.len())] {
             ["server", version_num, in_recovery, lsn] => {
                 let version_num: u32 = version_num.parse().with_context(|| format!("bad server_version_num {version_num:?}"))?;
                 server = Some((PgVersion::from_version_num(version_num), *in_recovery == "true", optional(lsn)?));
@@ -227,6 +287,8 @@ pub fn parse_snapshot(rows: &[Vec<String>]) -> Result<Snapshot> {
         }
     }
     let Some((version, in_recovery, wal_lsn)) = server else { bail!("the status query returned no server row") };
+    senders.sort_by(|a, b| (&a.application_name, a.client_addr).cmp(&(&b.application_name, b.client_addr)));
+    slots.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Snapshot { version, in_recovery, wal_lsn, senders, slots, progress, receiver })
 }
 
@@ -354,22 +416,22 @@ impl Health {
 /// make the commit wait unless a standby is listed in synchronous_standby_names).
 /// 9.5: a throwaway transaction that only takes a transaction id, so its commit record is the new
 /// position; 9.5 has no remote_apply, so standbys report within wal_receiver_status_interval.
-pub fn verify_sql(version: PgVersion, note: &str) -> String {
-    let names = wal_names(version);
+pub fn verify_sql(version: PgVersion, note: &str) -> Vec<String> {
     if version >= PgVersion::new(9, 6) {
-        format!(
+        vec![format!(
             "SET synchronous_commit = remote_apply;\nSELECT pg_logical_emit_message(true, 'pgha', {})::text;\n",
             sql_literal(note)
-        )
+        )]
     } else {
-        format!(
-            "SET synchronous_commit = on;\nSELECT txid_current() IS NULL;\nSELECT {}::text;\n",
-            names.current_lsn
-        )
+        // Two sessions: the position is read after the throwaway transaction has committed.
+        vec![
+            "SET synchronous_commit = on;\nSELECT txid_current() IS NULL;\n".to_string(),
+            format!("SELECT {}::text;\n", wal_names(version).current_lsn),
+        ]
     }
 }
 
-/// The position `verify_sql` returned: its last row.
+/// The position the last of `verify_sql`'s statements returned.
 pub fn parse_verify_output(rows: &[Vec<String>]) -> Result<Lsn> {
     let last = rows.last().and_then(|row| row.first()).context("verify: the server returned no WAL position")?;
     last.parse().map_err(|error: String| anyhow::anyhow!(error))
@@ -486,9 +548,9 @@ mod tests {
 
     #[test]
     fn verify_sql_uses_a_message_where_it_exists() {
-        assert!(verify_sql(PgVersion::new(15, 0), "x").contains("pg_logical_emit_message(true"));
+        assert!(verify_sql(PgVersion::new(15, 0), "x")[0].contains("pg_logical_emit_message(true"));
         let old = verify_sql(PgVersion::new(9, 5), "x");
-        assert!(old.contains("txid_current()") && old.contains("pg_current_xlog_location()"));
+        assert!(old[0].contains("txid_current()") && old[1].contains("pg_current_xlog_location()"));
         assert_eq!(parse_verify_output(&rows("f\u{1e}0/3000060\u{1e}")).unwrap(), Lsn(0x3000060));
     }
 

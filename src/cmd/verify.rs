@@ -46,7 +46,11 @@ impl VerifyArgs {
 
         let note = format!("pgha verify {}", humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
         let started = Instant::now();
-        let target_lsn = parse_verify_output(&query(&target, &verify_sql(version, &note))?)?;
+        let mut answer = Vec::new();
+        for statement in verify_sql(version, &note) {
+            answer = query(&target, &statement)?;
+        }
+        let target_lsn = parse_verify_output(&answer)?;
         println!("wrote WAL position {target_lsn} on the primary ({where_})");
 
         let deadline = started + Duration::from_secs(self.timeout);

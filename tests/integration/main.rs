@@ -4,6 +4,8 @@
 
 mod common;
 
+mod cli;
 mod day2;
 mod golden;
+mod primary;
 mod standby;
