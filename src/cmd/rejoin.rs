@@ -26,7 +26,7 @@ use crate::clone::{
 use crate::debian::{invoke_pg_ctlcluster, list_clusters, log_tail, Cluster, ClusterAction};
 use crate::error::{ConfigError, EXIT_OK};
 use crate::host::{postgres_account, postgres_command};
-use crate::pg::{query, wait_until_ready, Target};
+use crate::pg::{query, sql_literal, wait_until_ready, Target};
 use crate::plan::Ownership;
 use crate::render::standby_name;
 use crate::replication::{ensure_slot_sql, Lsn};
@@ -289,7 +289,27 @@ fn rewind(
     invoke_pg_ctlcluster(cluster, ClusterAction::Start)
         .and_then(|()| wait_for_streaming(&context, timeout))
         .map_err(|error| anyhow::anyhow!("{error:#}\n{}", log_tail(cluster, 20)))?;
+    drop_stale_slots(&context)?;
     Ok(fork_note)
+}
+
+/// The slots this host kept for its standbys while it was the primary: on a standby nothing uses
+/// them, and they would hold WAL here forever. Only pgha's own, inactive, physical slots go.
+fn drop_stale_slots(context: &StandbyContext) -> Result<()> {
+    let names: Vec<String> =
+        context.config.node_addresses().into_iter().map(|address| sql_literal(&standby_name(address))).collect();
+    let dropped = query(
+        &Target::local(context.cluster),
+        &format!(
+            "SELECT slot_name, pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_type = 'physical' AND NOT active AND slot_name IN ({})",
+            names.join(", ")
+        ),
+    )?;
+    for row in dropped {
+        log::info!("dropped replication slot {} kept from this host's time as primary", row[0]);
+    }
+    Ok(())
 }
 
 /// Copies this host's WAL from the divergence point to its end into `<datadir>.pgha-fork-<ts>`.
