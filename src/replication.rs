@@ -245,7 +245,8 @@ pub fn parse_snapshot(rows: &[Vec<String>]) -> Result<Snapshot> {
         };
         match &fields[..width.min(fields.len())] {
             ["server", version_num, in_recovery, lsn] => {
-                let version_num: u32 = version_num.parse().with_context(|| format!("bad server_version_num {version_num:?}"))?;
+                let version_num: u32 =
+                    version_num.parse().with_context(|| format!("bad server_version_num {version_num:?}"))?;
                 server = Some((PgVersion::from_version_num(version_num), *in_recovery == "true", optional(lsn)?));
             }
             ["sender", addr, name, state, sync, sent, write, flush, replay, lag] => senders.push(WalSender {
@@ -507,11 +508,8 @@ mod tests {
 
     #[test]
     fn idle_standby_has_no_lag_whatever_the_replay_timestamp() {
-        let progress = Progress {
-            receive: Some(Lsn(100)),
-            replay: Some(Lsn(100)),
-            seconds_since_replayed_commit: Some(86400.0),
-        };
+        let progress =
+            Progress { receive: Some(Lsn(100)), replay: Some(Lsn(100)), seconds_since_replayed_commit: Some(86400.0) };
         assert_eq!(standby_lag(&progress, None), Lag { bytes: Some(0), seconds: Some(0.0) });
         let behind = Progress { replay: Some(Lsn(40)), ..progress };
         assert_eq!(standby_lag(&behind, None), Lag { bytes: Some(60), seconds: Some(86400.0) });

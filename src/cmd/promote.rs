@@ -14,13 +14,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::apply::write_atomic;
+use crate::clone::{preflight_sslmode, primary_client_conninfo};
 use crate::config::Config;
 use crate::debian::{invoke_pg_ctlcluster, log_tail, Cluster, ClusterAction};
 use crate::error::{ConfigError, EXIT_OK};
 use crate::pg::{invoke_psql, query, query_value, Target};
 use crate::plan::{describe_file_change, existing_ownership, file_change};
 use crate::render::standby_name;
-use crate::clone::{preflight_sslmode, primary_client_conninfo};
 use crate::replication::{ensure_slot_sql, is_unreachable};
 
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,7 +38,10 @@ impl PromoteArgs {
         let started = Instant::now();
         let (config, cluster) = crate::cmd::load_config_and_cluster(config_path)?;
         let own = crate::cmd::find_local_address(&config.node_addresses())?.ok_or_else(|| {
-            ConfigError::in_file(config_path, "none of this host's addresses is listed: run `pgha promote` on a standby")
+            ConfigError::in_file(
+                config_path,
+                "none of this host's addresses is listed: run `pgha promote` on a standby",
+            )
         })?;
         crate::cmd::require_online(config_path, &cluster)?;
         let target = Target::local(&cluster);
@@ -46,7 +49,11 @@ impl PromoteArgs {
 
         if !in_recovery {
             if own == config.primary.address {
-                println!("cluster {} is already the primary and {} says so: nothing to do", cluster.id(), config_path.display());
+                println!(
+                    "cluster {} is already the primary and {} says so: nothing to do",
+                    cluster.id(),
+                    config_path.display()
+                );
                 return Ok(EXIT_OK);
             }
             // A promote that stopped before rewriting the config: finish that part.
@@ -56,7 +63,10 @@ impl PromoteArgs {
                 return Err(ConfigError::key(
                     config_path,
                     "primary.address",
-                    format!("{own} is this host, yet cluster {} is a standby: fix [primary] before promoting", cluster.id()),
+                    format!(
+                        "{own} is this host, yet cluster {} is a standby: fix [primary] before promoting",
+                        cluster.id()
+                    ),
                 )
                 .into());
             }
@@ -70,6 +80,10 @@ impl PromoteArgs {
                 cluster.id(),
                 started.elapsed().as_millis()
             );
+            // The end-of-recovery checkpoint is a spread one: until it ends, pg_control still shows the
+            // old timeline, and pg_rewind on the old primary would wrongly find nothing to rewind.
+            log::info!("writing a checkpoint so pg_control shows the new timeline");
+            query(&target, "CHECKPOINT")?;
         }
 
         let old_primary = config.primary.address;
@@ -149,7 +163,11 @@ fn wait_for_writes(target: &Target, cluster: &Cluster) -> Result<()> {
         match query_value(target, "SELECT txid_current()") {
             Ok(_) => return Ok(()),
             Err(error) if Instant::now() >= deadline => {
-                bail!("cluster {} did not accept writes after the promote: {error:#}\n{}", cluster.id(), log_tail(cluster, 20))
+                bail!(
+                    "cluster {} did not accept writes after the promote: {error:#}\n{}",
+                    cluster.id(),
+                    log_tail(cluster, 20)
+                )
             }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
@@ -157,7 +175,8 @@ fn wait_for_writes(target: &Target, cluster: &Cluster) -> Result<()> {
 }
 
 fn rewrite_config(config_path: &Path, config: &Config, own: IpAddr, port: u16) -> Result<()> {
-    let text = std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let text =
+        std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
     let new_text = swap_primary(&text, own, port, config.primary.address)
         .map_err(|message| ConfigError::in_file(config_path, message))?;
     // The result must still be a valid config, or every later command on this host would fail.

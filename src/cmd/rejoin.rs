@@ -265,6 +265,25 @@ fn rewind(
     let conninfo = primary_client_conninfo(context.config, passfile, sslmode, "postgres");
     let dry = run_pg_rewind(cluster, &conninfo, true)?;
     let plan = parse_rewind_output(&dry).with_context(|| format!("cannot read pg_rewind's plan:\n{dry}"))?;
+    if dry.contains("same timeline") {
+        let local = parse_controldata(&invoke_pg_controldata(cluster.version, &cluster.data_dir)?);
+        let local_timeline = local.get("Latest checkpoint's TimeLineID").cloned().unwrap_or_default();
+        let replication = Target::Remote {
+            conninfo: format!(
+                "{} replication=true",
+                primary_client_conninfo(context.config, passfile, sslmode, "replication")
+            ),
+        };
+        let identify = query(&replication, "IDENTIFY_SYSTEM")?;
+        let primary_timeline = identify.first().and_then(|row| row.get(1)).cloned().unwrap_or_default();
+        if primary_timeline != local_timeline {
+            bail!(
+                "pg_rewind reads timeline {local_timeline} from the primary's pg_control, but it runs on timeline \
+                 {primary_timeline}: it has not finished a checkpoint since its promotion (`pgha promote` writes one; \
+                 run CHECKPOINT there to use pg_rewind next time)"
+            );
+        }
+    }
     let mut fork_note = None;
     if let RewindPlan::Diverged { lsn, timeline } = plan {
         let fork = save_fork(cluster, lsn, &dry)?;
@@ -361,7 +380,12 @@ mod tests {
     fn reads_saved_pg_rewind_output() {
         let diverged = parse_rewind_output(include_str!("../../tests/data/pg_rewind-15-dry-run.txt")).unwrap();
         assert!(matches!(diverged, RewindPlan::Diverged { timeline: 1, .. }), "{diverged:?}");
-        assert_eq!(parse_rewind_output("pg_rewind: source and target cluster are on the same timeline\npg_rewind: no rewind required\n"), Some(RewindPlan::NotNeeded));
+        assert_eq!(
+            parse_rewind_output(
+                "pg_rewind: source and target cluster are on the same timeline\npg_rewind: no rewind required\n"
+            ),
+            Some(RewindPlan::NotNeeded)
+        );
         assert_eq!(parse_rewind_output("pg_rewind: fatal: could not connect"), None);
     }
 

@@ -217,7 +217,10 @@ fn gather(config_path: &Path, limits: &Limits) -> Result<Report> {
     if own.is_none() {
         report.problem(
             Health::Warning,
-            format!("none of this host's addresses is in {}: cannot tell which role it should have", config_path.display()),
+            format!(
+                "none of this host's addresses is in {}: cannot tell which role it should have",
+                config_path.display()
+            ),
         );
     }
     if !cluster.online {

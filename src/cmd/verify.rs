@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::clone::{preflight_sslmode, primary_client_conninfo};
 use crate::config::Config;
 use crate::error::{ConfigError, EXIT_OK};
 use crate::pg::{query, query_value, Target};
 use crate::render::standby_name;
-use crate::clone::{preflight_sslmode, primary_client_conninfo};
 use crate::replication::{parse_snapshot, parse_verify_output, snapshot_sql, verify_sql, Lsn};
 use crate::version::PgVersion;
 
@@ -69,7 +69,11 @@ impl VerifyArgs {
                 last_seen.insert(*address, replay);
                 if replay.is_some_and(|replay| replay >= target_lsn) {
                     let elapsed = started.elapsed();
-                    println!("standby {address} ({}): replayed it after {} ms", standby_name(*address), elapsed.as_millis());
+                    println!(
+                        "standby {address} ({}): replayed it after {} ms",
+                        standby_name(*address),
+                        elapsed.as_millis()
+                    );
                     arrived.insert(*address, elapsed);
                 }
             }
@@ -87,7 +91,9 @@ impl VerifyArgs {
                             standby_name(*address),
                             target_lsn.bytes_after(replay)
                         ),
-                        None => format!("standby {address} ({}) is not connected to the primary", standby_name(*address)),
+                        None => {
+                            format!("standby {address} ({}) is not connected to the primary", standby_name(*address))
+                        }
                     })
                     .collect();
                 bail!("timed out after {} s waiting for {target_lsn}: {}", self.timeout, lagging.join("; "));
@@ -119,10 +125,10 @@ pub fn primary_target(config_path: &Path, config: &Config) -> Result<(Target, St
             config.replication.passfile.display()
         );
     }
-    let conninfo =
-        primary_client_conninfo(config, &config.replication.passfile, preflight_sslmode(config), "postgres");
+    let conninfo = primary_client_conninfo(config, &config.replication.passfile, preflight_sslmode(config), "postgres");
     let target = Target::Remote { conninfo };
     // Fail early with a clear message instead of at the first real query.
-    query_value(&target, "SELECT 1").with_context(|| format!("cannot connect to the primary {primary}:{}", config.primary.port))?;
+    query_value(&target, "SELECT 1")
+        .with_context(|| format!("cannot connect to the primary {primary}:{}", config.primary.port))?;
     Ok((target, format!("{primary}:{}", config.primary.port)))
 }

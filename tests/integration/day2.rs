@@ -91,7 +91,8 @@ fn status_json(out: &PghaOutput) -> serde_json::Value {
     let schema: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(schema_path()).unwrap()).expect("the schema is JSON");
     let validator = jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema");
-    let errors: Vec<String> = validator.iter_errors(&value).map(|error| format!("{error} at {}", error.instance_path)).collect();
+    let errors: Vec<String> =
+        validator.iter_errors(&value).map(|error| format!("{error} at {}", error.instance_path)).collect();
     assert!(errors.is_empty(), "status JSON does not follow docs/status-schema.json: {errors:?}\n{}", out.stdout);
     value
 }
@@ -142,7 +143,11 @@ fn switchover_keeps_every_row_and_roles_follow() {
     // Refusal: A still accepts writes.
     let refused = p.run_b(&["promote"]);
     assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
-    assert!(refused.stderr.contains("refusing to promote") && refused.stderr.contains("two primaries"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("refusing to promote") && refused.stderr.contains("two primaries"),
+        "{}",
+        refused.stderr
+    );
     assert_eq!(b.psql("SELECT pg_is_in_recovery()"), "t");
 
     write(a, "2-before-stop", 50);

@@ -19,7 +19,13 @@ struct Setup {
     _archive: tempfile::TempDir,
 }
 
-fn config_for(cluster: &TestCluster, primary: &TestCluster, hosts: &HostPair, archive: &Path, password: &str) -> TestConfig {
+fn config_for(
+    cluster: &TestCluster,
+    primary: &TestCluster,
+    hosts: &HostPair,
+    archive: &Path,
+    password: &str,
+) -> TestConfig {
     let text = config_text(cluster, &hosts.a_ip, primary.port, &[&hosts.b_ip], archive)
         // Each test gets its own passfile: the default one is shared by every cluster on this machine.
         .replace("[replication]\n", "[replication]\npassfile = \"@PASSWORD_FILE@.pgpass\"\n");
@@ -83,7 +89,11 @@ fn assert_streaming(setup: &Setup) {
         Duration::from_secs(30),
     );
     let slot = format!("pgha_{}", setup.hosts.b_ip.replace('.', "_"));
-    a.wait_for(&format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"), "t", Duration::from_secs(30));
+    a.wait_for(
+        &format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+        "t",
+        Duration::from_secs(30),
+    );
     assert_eq!(a.psql("SELECT count(*) FROM pg_replication_slots"), "1", "exactly one slot on the primary");
 }
 
