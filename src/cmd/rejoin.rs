@@ -37,7 +37,8 @@ const RECONNECT_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Args)]
 pub struct RejoinArgs {
-    /// Skip pg_rewind and clone the primary in full (the old data directory is kept)
+    /// Skip pg_rewind and clone the primary in full, even when this standby already streams
+    /// (the old data directory is kept)
     #[arg(long)]
     pub full_clone: bool,
 
@@ -80,7 +81,7 @@ impl RejoinArgs {
                 config.primary.address
             );
         }
-        if wait_streaming_from_primary(&context, &primary.system_identifier, RECONNECT_PATIENCE)? {
+        if !self.full_clone && wait_streaming_from_primary(&context, &primary.system_identifier, RECONNECT_PATIENCE)? {
             println!("nothing to do: cluster {} already streams from {}", cluster.id(), config.primary.address);
             return Ok(EXIT_OK);
         }
