@@ -93,10 +93,11 @@ ip -n $NS_B link set veth-bench-b down
 runuser -u postgres -- $BIN/pgbench -n -c 2 -t 200 -h /var/run/postgresql -p $PORT_A postgres >/dev/null
 kill -KILL "$(head -1 /var/lib/postgresql/$VERSION/$A/postmaster.pid)"
 sleep 1
-ip -n $NS_B link set veth-bench-b up
 t0=$(now)
 promote_out=$(on_b "$PGHA" --config "$WORK/b.conf" promote --force 2>/dev/null)
 t1=$(now)
+# Only now: A's kernel may still retransmit what its dead walsender had queued.
+ip -n $NS_B link set veth-bench-b up
 promote_ms=$(echo "$promote_out" | sed -n 's/.*accepted a write \([0-9]*\) ms after.*/\1/p')
 echo "$promote_out" | head -1
 

@@ -212,11 +212,11 @@ fn failover_rewinds_the_old_primary_and_keeps_its_fork_aside() {
     let pid = fs::read_to_string(a.data_dir().join("postmaster.pid")).unwrap();
     let pid = pid.lines().next().unwrap().trim().to_string();
     run_ok(Command::new("kill").args(["-KILL", &pid]));
-    std::thread::sleep(Duration::from_millis(500));
-    run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "up"]));
-
+    // The link comes back only after B is promoted: A's kernel may still retransmit what its dead
+    // walsender had queued, and B must not receive any of the fork.
     let promoted = p.run_b(&["promote", "--force"]);
     assert_eq!(promoted.code, 0, "{}\n{}", promoted.stdout, promoted.stderr);
+    run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "up"]));
     write(b, "3-after-failover", 30);
 
     p.copy_config_b_to_a();
