@@ -35,6 +35,8 @@ cleanup() {
         pg_ctlcluster $VERSION $c stop -m immediate >/dev/null 2>&1
         pg_dropcluster $VERSION $c >/dev/null 2>&1
         rm -rf /var/lib/postgresql/$VERSION/$c.pgha-*
+        # pg_dropcluster leaves the config directory when it holds files it did not create (conf.d/pgha.conf).
+        rm -rf /etc/postgresql/$VERSION/$c /var/log/postgresql/postgresql-$VERSION-$c.log
     done
     ip netns del $NS_A 2>/dev/null
     ip netns del $NS_B 2>/dev/null
@@ -109,12 +111,15 @@ sed "s/name = \"$B\"/name = \"$A\"/" "$WORK/b.conf" > "$WORK/a.conf"
 
 echo "== rejoin A with pg_rewind"
 t2=$(now)
-on_a "$PGHA" --config "$WORK/a.conf" rejoin 2>"$WORK/rewind.log" | head -1
+stamp() { local start=$1; while IFS= read -r line; do printf '%6.2f %s\n' "$(echo "$(now) - $start" | bc)" "$line"; done; }
+on_a "$PGHA" --config "$WORK/a.conf" rejoin 2>&1 | stamp "$t2" > "$WORK/rewind.log"
+grep -v '^ *[0-9.]* *[0-9]*/[0-9]* kB' "$WORK/rewind.log" | grep -E 'rejoined|pg_rewind|recover|start|stop|saved|Done' | sed 's/^/  /'
 t3=$(now)
 
 echo "== rejoin A with a full re-clone"
 t4=$(now)
-on_a "$PGHA" --config "$WORK/a.conf" rejoin --full-clone 2>"$WORK/clone.log" | head -1
+on_a "$PGHA" --config "$WORK/a.conf" rejoin --full-clone 2>&1 | stamp "$t4" > "$WORK/clone.log"
+grep -E 'rejoined|cloning 100|moved|starting' "$WORK/clone.log" | sed 's/^/  /'
 t5=$(now)
 
 rewind_s=$(elapsed "$t2" "$t3")

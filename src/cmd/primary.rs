@@ -332,10 +332,13 @@ fn apply_steps(
 /// configuration is still the one running.
 fn check_config_files(cluster: &Cluster, target: &Target) -> Result<()> {
     // "setting could not be applied" only means a restart is needed; pending_restart handles that.
+    // So does "cannot be changed without restarting": a restart-only setting removed from a file
+    // (re-running `pgha primary` on a promoted standby drops the standby form's max_connections etc.).
     let errors = query(
         target,
         "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings \
-         WHERE error IS NOT NULL AND error <> 'setting could not be applied'",
+         WHERE error IS NOT NULL AND error <> 'setting could not be applied' \
+         AND error NOT LIKE '%cannot be changed without restarting the server'",
     )?;
     if !errors.is_empty() {
         let lines: Vec<String> = errors.iter().map(|row| row.join(": ")).collect();

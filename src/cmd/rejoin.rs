@@ -218,6 +218,8 @@ fn run_pg_rewind(cluster: &Cluster, conninfo: &str, dry_run: bool) -> Result<Str
         .stdin(Stdio::null());
     if dry_run {
         command.arg("--dry-run");
+    } else {
+        command.arg("--progress");
     }
     let output = command.output().context("cannot run pg_rewind")?;
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -297,6 +299,9 @@ fn rewind(
         log::info!("running pg_rewind from {}", context.config.primary.address);
         let output = run_pg_rewind(cluster, &conninfo, false)?;
         fs::write(fork.join("pg_rewind.log"), &output)?;
+        for line in output.lines().filter(|line| !line.trim().is_empty()) {
+            log::info!("{}", line.trim());
+        }
     } else {
         log::info!("pg_rewind: no rewind required, this cluster is behind the primary's history");
     }

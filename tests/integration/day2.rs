@@ -191,6 +191,14 @@ fn switchover_keeps_every_row_and_roles_follow() {
         assert_eq!(out.code, 0, "verify failed:\n{}\n{}", out.stdout, out.stderr);
         assert!(out.stdout.contains(&format!("standby {}", p.hosts.a_ip)), "{}", out.stdout);
     }
+
+    // The documented last step on the new primary: `pgha primary` writes conf.d in its primary form.
+    let primary = p.run_b(&["primary"]);
+    assert_eq!(primary.code, 0, "{}\n{}", primary.stdout, primary.stderr);
+    let fragment = fs::read_to_string(b.config_dir().join("conf.d/pgha.conf")).unwrap();
+    assert!(!fragment.contains("primary_conninfo"), "{fragment}");
+    assert!(p.run_b(&["primary"]).stdout.contains("no changes"));
+    assert_eq!(p.run_b(&["verify"]).code, 0);
     for text in [&promoted.stdout, &promoted.stderr, &rejoined.stdout, &rejoined.stderr, &a.log(), &b.log()] {
         assert!(!text.contains(PASSWORD), "the password leaked");
     }
