@@ -48,6 +48,8 @@ pub enum Command {
     /// Delete archived WAL older than archive.keep
     PruneArchive(crate::cmd::prune_archive::PruneArchiveArgs),
     /// Show this host's role and replication health (monitoring-plugin exit codes)
+    #[command(after_help = "Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also for a config error: to a \
+                            monitoring system 2 would mean CRITICAL). JSON schema: docs/status-schema.json.")]
     Status(crate::cmd::status::StatusArgs),
     /// Prove that a change on the primary reaches every standby, and time it
     Verify(crate::cmd::verify::VerifyArgs),
