@@ -553,6 +553,16 @@ mod tests {
     }
 
     #[test]
+    fn unreachable_means_nobody_answered() {
+        assert!(is_unreachable(
+            "psql: error: connection to server at \"10.0.0.1\", port 5432 failed: Connection refused"
+        ));
+        assert!(is_unreachable("psql: error: connection to server at \"10.0.0.1\", port 5432 failed: timeout expired"));
+        assert!(!is_unreachable("FATAL:  password authentication failed for user \"replicator\""));
+        assert!(!is_unreachable("FATAL:  no pg_hba.conf entry for host \"10.0.0.2\""));
+    }
+
+    #[test]
     fn snapshot_sql_follows_the_renames() {
         assert!(snapshot_sql(PgVersion::new(9, 5)).contains("replay_location"));
         assert!(!snapshot_sql(PgVersion::new(9, 5)).contains("pg_stat_wal_receiver"));

@@ -497,3 +497,69 @@ pub fn format_table(report: &Report) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::debian::parse_pg_lsclusters;
+
+    fn report_for(sample: &str, own: &str, config_text: &str) -> Report {
+        let config = Config::parse(Path::new("/etc/pgha/pgha.conf"), config_text).unwrap();
+        let cluster =
+            parse_pg_lsclusters("15 main 5432 online postgres /var/lib/postgresql/15/main\n").unwrap().remove(0);
+        let snapshot = parse_snapshot(&crate::pg::parse_rows(sample)).unwrap();
+        let mut report = Report::empty();
+        report.host_address = Some(own.into());
+        report.configured_role = Some(if config.primary.address.to_string() == own { "primary" } else { "standby" });
+        let limits = Limits { warn: vec![LagLimit::Bytes(16 << 20)], crit: vec![LagLimit::Bytes(1 << 30)] };
+        describe(&mut report, &config, &cluster, &snapshot, &limits);
+        report.finish()
+    }
+
+    const PRIMARY: &str = include_str!("../../tests/data/status-primary-15.txt");
+    const STANDBY: &str = include_str!("../../tests/data/status-standby-15.txt");
+
+    #[test]
+    fn healthy_primary_and_standby_are_ok() {
+        let conf = "[primary]\naddress = \"10.231.245.1\"\n[standby]\naddresses = [\"10.231.245.2\"]\n";
+        let primary = report_for(PRIMARY, "10.231.245.1", conf);
+        assert_eq!(primary.status, Health::Ok, "{:?}", primary.problems);
+        assert_eq!(primary.standbys[0].lag.bytes, Some(0));
+        let standby = report_for(STANDBY, "10.231.245.2", conf);
+        assert_eq!(standby.status, Health::Ok, "{:?}", standby.problems);
+        assert_eq!(standby.receiver.as_ref().unwrap().status, "streaming");
+        assert!(format_table(&standby).starts_with("OK: standby"));
+    }
+
+    #[test]
+    fn a_missing_standby_is_critical_and_a_role_mismatch_warns() {
+        let two =
+            "[primary]\naddress = \"10.231.245.1\"\n[standby]\naddresses = [\"10.231.245.2\", \"10.231.245.3\"]\n";
+        let report = report_for(PRIMARY, "10.231.245.1", two);
+        assert_eq!(report.status, Health::Critical);
+        assert!(report
+            .standbys
+            .iter()
+            .any(|s| s.state == "disconnected" && s.address.as_deref() == Some("10.231.245.3")));
+        // After a promote, before the config changed: B runs as primary, pgha.conf still calls it a standby.
+        let stale = "[primary]\naddress = \"10.231.245.2\"\n[standby]\naddresses = [\"10.231.245.1\"]\n";
+        let report = report_for(PRIMARY, "10.231.245.1", stale);
+        assert!(report
+            .problems
+            .iter()
+            .any(|p| p.severity == Health::Warning && p.message.contains("runs as a primary")));
+    }
+
+    #[test]
+    fn a_stopped_receiver_is_critical() {
+        let conf = "[primary]\naddress = \"10.231.245.1\"\n[standby]\naddresses = [\"10.231.245.2\"]\n";
+        let without_receiver: String = STANDBY
+            .split('\u{1e}')
+            .filter(|row| !row.trim_start().starts_with("receiver"))
+            .collect::<Vec<_>>()
+            .join("\u{1e}");
+        let report = report_for(&without_receiver, "10.231.245.2", conf);
+        assert_eq!(report.status, Health::Critical);
+        assert_eq!(report.receiver.as_ref().unwrap().status, "stopped");
+    }
+}
