@@ -584,10 +584,9 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
         }
         let postgres = postgres_account()?;
         crate::apply::create_dir(&staging, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o700 })?;
+        // Preflight saw no slot of this name, so whatever exists after a failure is this clone's.
+        created_slot |= slot_plan == SlotPlan::Create;
         run_basebackup(context, &passfile.path, sslmode, &staging, slot_plan)?;
-        if slot_plan == SlotPlan::Create && cluster.version.basebackup_can_create_slot() {
-            created_slot = true;
-        }
         configure_staging(context, primary, &staging)?;
         Ok(dir_size(&staging))
     })();
@@ -932,11 +931,13 @@ pub fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result
 fn drop_slot_if_created(context: &StandbyContext, remote: &Target, created: bool) -> Result<()> {
     match context.slot_name() {
         Some(name) if created => {
+            let literal = sql_literal(&name);
+            // The killed client's walsender lets go of the slot only once it notices.
+            wait_slot_inactive(remote, &literal)?;
             query(
                 remote,
                 &format!(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {} AND NOT active",
-                    sql_literal(&name)
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {literal}"
                 ),
             )?;
             log::info!("dropped replication slot {name}, which this failed clone created");

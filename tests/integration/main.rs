@@ -9,3 +9,4 @@ mod day2;
 mod golden;
 mod primary;
 mod standby;
+mod versions;

@@ -1,6 +1,7 @@
 //! `pgha standby` across two hosts with their own IPs: `pgha primary` on A, `pgha standby` on B.
 
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -172,6 +173,7 @@ fn scan_proc_for(secret: &str, done: impl Fn() -> bool) -> (usize, Option<String
     let mut scans = 0;
     while !done() {
         scans += 1;
+        std::thread::sleep(Duration::from_millis(10));
         for entry in fs::read_dir("/proc").unwrap().flatten() {
             for file in ["cmdline", "environ"] {
                 if let Ok(bytes) = fs::read(entry.path().join(file)) {
@@ -185,12 +187,27 @@ fn scan_proc_for(secret: &str, done: impl Fn() -> bool) -> (usize, Option<String
     (scans, None)
 }
 
-fn pid_of_basebackup_in(b: &TestCluster) -> Option<i32> {
+/// pg_basebackup's processes cloning into B's staging: with -X stream it forks a WAL receiver.
+fn basebackup_pids(b: &TestCluster) -> Vec<i32> {
     let staging = staging_dir(b).display().to_string();
-    fs::read_dir("/proc").unwrap().flatten().find_map(|entry| {
-        let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        (text.contains("pg_basebackup") && text.contains(&staging)).then(|| entry.file_name().to_str()?.parse().ok())?
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (text.contains("pg_basebackup") && text.contains(&staging))
+                .then(|| entry.file_name().to_str()?.parse().ok())?
+        })
+        .collect()
+}
+
+/// Reads a child's pipe to the end in a thread, so the child never blocks on a full pipe.
+fn drain(pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::BufReader::new(pipe).read_to_string(&mut text);
+        text
     })
 }
 
@@ -207,25 +224,28 @@ fn a_killed_clone_keeps_the_original_and_leaks_no_secret() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
-    let pid = loop {
-        if let Some(pid) = pid_of_basebackup_in(b) {
-            break pid;
-        }
+    while basebackup_pids(b).is_empty() {
         assert!(Instant::now() < deadline, "pg_basebackup never started");
         assert!(child.try_wait().unwrap().is_none(), "pgha ended before cloning");
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
     // While it copies: the password is in no process's argv or environment.
-    let copied_enough = || fs::metadata(staging_dir(b).join("base")).is_ok() && dir_mb(&staging_dir(b)) >= 30;
-    let until = Instant::now() + Duration::from_secs(60);
+    let copied_enough = || dir_mb(&staging_dir(b)) >= 40;
+    let until = Instant::now() + Duration::from_secs(120);
     let (scans, leak) = scan_proc_for(PASSWORD, || copied_enough() || Instant::now() > until);
     assert_eq!(leak, None, "the password is visible in {leak:?}");
     assert!(scans > 0);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let pids = basebackup_pids(b);
+    assert!(!pids.is_empty(), "pg_basebackup finished before it could be killed; make `bulk` bigger");
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let status = child.wait().unwrap();
+    let (_, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("untouched"), "{stderr}");
     assert_b_untouched(&setup);
     assert!(old_dirs(b).is_empty());
@@ -238,7 +258,7 @@ fn a_killed_clone_keeps_the_original_and_leaks_no_secret() {
     let old = old_dirs(b);
     assert_eq!(old.len(), 1);
     assert!(old[0].join("PG_VERSION").exists(), "B's original data is kept");
-    for text in [stderr.as_ref(), again.stderr.as_str(), &a.log(), &b.log()] {
+    for text in [stderr.as_str(), again.stderr.as_str(), &a.log(), &b.log()] {
         assert!(!text.contains(PASSWORD), "the password leaked into output or a server log");
     }
 }
