@@ -339,10 +339,11 @@ fn login_failure(context: &StandbyContext, what: &str, error: anyhow::Error) -> 
     anyhow!("preflight: {what}: {hint}\n({})", text.trim())
 }
 
-/// Every check of issue 3's preflight that needs the primary. Changes nothing anywhere.
-pub fn preflight(context: &StandbyContext, passfile: &Path) -> Result<PrimaryFacts> {
+/// The first preflight checks: the primary answers on TCP and accepts a replication login.
+/// Returns its system identifier (IDENTIFY_SYSTEM), which decides whether this host already
+/// is its standby. Changes nothing anywhere.
+pub fn identify_primary(context: &StandbyContext, passfile: &Path) -> Result<String> {
     let config = context.config;
-    let cluster = context.cluster;
     let socket = SocketAddr::new(config.primary.address, config.primary.port);
     TcpStream::connect_timeout(&socket, Duration::from_secs(5)).map_err(|error| {
         anyhow!(
@@ -350,16 +351,21 @@ pub fn preflight(context: &StandbyContext, passfile: &Path) -> Result<PrimaryFac
              listens on that address (`pgha primary` sets listen_addresses) and that no firewall blocks the port"
         )
     })?;
-    let sslmode = preflight_sslmode(config);
-
-    let identify = query(&context.replication(passfile, sslmode), "IDENTIFY_SYSTEM")
+    let identify = query(&context.replication(passfile, preflight_sslmode(config)), "IDENTIFY_SYSTEM")
         .map_err(|error| login_failure(context, "replication login (IDENTIFY_SYSTEM) failed", error))?;
-    let system_identifier = identify
+    identify
         .first()
         .and_then(|row| row.first())
         .cloned()
-        .with_context(|| format!("IDENTIFY_SYSTEM returned {identify:?}"))?;
+        .with_context(|| format!("IDENTIFY_SYSTEM returned {identify:?}"))
+}
 
+/// The rest of issue 3's preflight, for a clone: version, platform, wal_level, walsenders, slot,
+/// free space. Changes nothing anywhere.
+pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: String) -> Result<PrimaryFacts> {
+    let config = context.config;
+    let cluster = context.cluster;
+    let sslmode = preflight_sslmode(config);
     let remote = context.remote(passfile, sslmode);
     let rows = query(
         &remote,
@@ -624,8 +630,10 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
 
     notify_status("starting the standby");
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.config.primary.address);
-    let came_up =
-        invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| wait_for_streaming(context, timeout));
+    let came_up = invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| {
+        log::info!("cluster {} is up; waiting for it to stream", cluster.id());
+        wait_for_streaming(context, timeout)
+    });
     if let Err(error) = came_up {
         eprintln!("{}", log_tail(cluster, 30));
         let undo = undo_after_swap(context, &remote, old.as_deref(), transaction, created_slot, was_running);
@@ -861,6 +869,15 @@ pub fn write_config_files(
     transaction: &mut Transaction,
 ) -> Result<()> {
     let controldata = parse_controldata(&invoke_pg_controldata(context.cluster.version, staging)?);
+    // A primary replaced at the same address between preflight and clone would pass unnoticed otherwise.
+    let cloned = controldata.get("Database system identifier").map(String::as_str).unwrap_or("");
+    if cloned != primary.system_identifier {
+        bail!(
+            "the clone has system identifier {cloned:?} but preflight identified the primary as {}: \
+             was the primary replaced meanwhile?",
+            primary.system_identifier
+        );
+    }
     let settings = controldata_settings(&controldata, primary.max_wal_senders)?;
     let config = standby_config(context.config, Some(&settings));
     let facts = standby_facts(context, primary, Some(settings));
@@ -915,6 +932,7 @@ pub fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result
             bail!("the new copy came up as a primary, not in recovery");
         }
         if wal_receiver_streaming(context).unwrap_or(false) {
+            log::info!("cluster {} streams from {}", context.cluster.id(), context.config.primary.address);
             return Ok(());
         }
         if Instant::now() >= deadline {

