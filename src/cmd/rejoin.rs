@@ -19,9 +19,9 @@ use clap::Args;
 
 use crate::apply::Transaction;
 use crate::clone::{
-    clone_standby, configure_staging, invoke_pg_controldata, parse_controldata, preflight, preflight_sslmode,
-    primary_client_conninfo, wait_for_streaming, wait_streaming_from_primary, write_config_files, PrimaryFacts,
-    PrivatePassfile, StandbyContext,
+    clone_standby, configure_staging, identify_primary, invoke_pg_controldata, parse_controldata, preflight,
+    preflight_sslmode, primary_client_conninfo, wait_for_streaming, wait_streaming_from_primary, write_config_files,
+    PrimaryFacts, PrivatePassfile, StandbyContext,
 };
 use crate::debian::{invoke_pg_ctlcluster, list_clusters, log_tail, Cluster, ClusterAction};
 use crate::error::{ConfigError, EXIT_OK};
@@ -70,7 +70,7 @@ impl RejoinArgs {
         let timeout = self.timeout.unwrap_or(config.standby.streaming_timeout);
         let context = StandbyContext { config: &config, cluster: &cluster, password: &password, own_address };
         let passfile = PrivatePassfile::new(&config, &password)?;
-        let primary = preflight(&context, &passfile.path)?;
+        let system_identifier = identify_primary(&context, &passfile.path)?;
         let remote = Target::Remote {
             conninfo: primary_client_conninfo(&config, &passfile.path, preflight_sslmode(&config), "postgres"),
         };
@@ -81,10 +81,11 @@ impl RejoinArgs {
                 config.primary.address
             );
         }
-        if !self.full_clone && wait_streaming_from_primary(&context, &primary.system_identifier, RECONNECT_PATIENCE)? {
+        if !self.full_clone && wait_streaming_from_primary(&context, &system_identifier, RECONNECT_PATIENCE)? {
             println!("nothing to do: cluster {} already streams from {}", cluster.id(), config.primary.address);
             return Ok(EXIT_OK);
         }
+        let primary = preflight(&context, &passfile.path, system_identifier)?;
         if config.replication.slots {
             query(&remote, &ensure_slot_sql(&standby_name(own_address)))?;
         }
