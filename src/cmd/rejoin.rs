@@ -245,6 +245,7 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
         return Ok(());
     }
     log::info!("cluster {} was not shut down cleanly ({state}): recovering it as a standby first", cluster.id());
+    wait_for_dead_postmaster(&cluster.data_dir);
     configure_staging(context, primary, &cluster.data_dir)?;
     let mut transaction = Transaction::new();
     write_config_files(context, primary, &cluster.data_dir, &mut transaction)?;
@@ -253,6 +254,28 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
         .map_err(|error| anyhow::anyhow!("{error:#}\n{}", log_tail(&cluster, 20)))?;
     invoke_pg_ctlcluster(&cluster, ClusterAction::Stop)?;
     Ok(())
+}
+
+/// A killed postmaster stays a zombie until its parent (init) reaps it, and PostgreSQL takes a
+/// zombie's PID in the socket lock file for a live server and refuses to start. Wait for the reaping.
+fn wait_for_dead_postmaster(data_dir: &Path) {
+    let Ok(pid_file) = fs::read_to_string(data_dir.join("postmaster.pid")) else { return };
+    let Some(pid) = pid_file.lines().next().and_then(|line| line.trim().parse::<u32>().ok()) else { return };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) if parse_proc_state(&stat) == Some('Z') => {
+                log::info!("waiting for the killed postmaster (PID {pid}) to be reaped");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The state letter of /proc/PID/stat ("1234 (postgres) Z ..."); the name may contain spaces.
+pub fn parse_proc_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// pg_rewind into place, standby configuration, start, wait for streaming. Returns a note on the
@@ -414,6 +437,13 @@ mod tests {
         assert_eq!(picked, ["000000010000000000000003", "000000010000000000000004"]);
         let far = segments_between(&names, "0/FF000000".parse().unwrap(), "1/10".parse().unwrap(), segment);
         assert_eq!(far, ["000000010000000100000000"]);
+    }
+
+    #[test]
+    fn reads_the_process_state() {
+        assert_eq!(parse_proc_state("28247 (postgres) Z 1 28247 28247 0 -1"), Some('Z'));
+        assert_eq!(parse_proc_state("7 (a (b) c) S 1"), Some('S'));
+        assert_eq!(parse_proc_state("garbage"), None);
     }
 
     #[test]
