@@ -47,6 +47,16 @@ pub enum Command {
     Standby(crate::cmd::standby::StandbyArgs),
     /// Delete archived WAL older than archive.keep
     PruneArchive(crate::cmd::prune_archive::PruneArchiveArgs),
+    /// Show this host's role and replication health (monitoring-plugin exit codes)
+    #[command(after_help = "Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also for a config error: to a \
+                            monitoring system 2 would mean CRITICAL). JSON schema: docs/status-schema.json.")]
+    Status(crate::cmd::status::StatusArgs),
+    /// Prove that a change on the primary reaches every standby, and time it
+    Verify(crate::cmd::verify::VerifyArgs),
+    /// Turn this standby into the primary (refuses while the primary still accepts writes)
+    Promote(crate::cmd::promote::PromoteArgs),
+    /// Turn a former primary into a standby of the current primary (pg_rewind, or a full clone)
+    Rejoin(crate::cmd::rejoin::RejoinArgs),
     /// Write /etc/pgha/pgha.conf and the password file (used by the package's postinst)
     WriteConfig(crate::cmd::write_config::WriteConfigArgs),
     /// Write man pages and shell completions (used by the package build)

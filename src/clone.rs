@@ -257,7 +257,7 @@ pub fn primary_client_conninfo(config: &Config, passfile: &Path, sslmode: &str, 
 }
 
 /// sslmode before the primary's `ssl` is known: what the admin chose, or `prefer` for auto.
-fn preflight_sslmode(config: &Config) -> &'static str {
+pub fn preflight_sslmode(config: &Config) -> &'static str {
     match config.replication.sslmode {
         SslMode::Auto => "prefer",
         other => other.as_str(),
@@ -860,7 +860,7 @@ fn standby_config(config: &Config, settings: Option<&HotStandbySettings>) -> Con
 
 /// Signal file (or recovery.conf) first, then postgresql.auto.conf without recovery settings:
 /// from here on nothing can start the copy as a primary.
-fn configure_staging(context: &StandbyContext, primary: &PrimaryFacts, staging: &Path) -> Result<()> {
+pub fn configure_staging(context: &StandbyContext, primary: &PrimaryFacts, staging: &Path) -> Result<()> {
     let postgres = postgres_account()?;
     let config = standby_config(context.config, None);
     let files = render(Role::Standby, &config, &standby_facts(context, primary, None))?;
@@ -885,7 +885,7 @@ fn configure_staging(context: &StandbyContext, primary: &PrimaryFacts, staging: 
 
 /// conf.d/pgha.conf with the clone's pg_control settings, the pg_hba block and the passfile,
 /// recorded in `transaction` so a failure puts the old ones back.
-fn write_config_files(
+pub fn write_config_files(
     context: &StandbyContext,
     primary: &PrimaryFacts,
     staging: &Path,
@@ -946,7 +946,7 @@ fn swap(data_dir: &Path, staging: &Path) -> Result<Option<PathBuf>> {
     Ok(old)
 }
 
-fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result<()> {
+pub fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result<()> {
     notify_status("waiting for the standby to stream");
     let deadline = Instant::now() + timeout;
     let local = Target::local(context.cluster);

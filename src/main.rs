@@ -16,6 +16,7 @@ mod password;
 mod pg;
 mod plan;
 mod render;
+mod replication;
 mod version;
 
 fn main() -> ExitCode {

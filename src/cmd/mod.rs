@@ -12,9 +12,13 @@ use crate::error::ConfigError;
 
 pub mod generate_docs;
 pub mod primary;
+pub mod promote;
 pub mod prune_archive;
+pub mod rejoin;
 pub mod render;
 pub mod standby;
+pub mod status;
+pub mod verify;
 pub mod write_config;
 
 pub fn run(cli: Cli) -> Result<i32> {
@@ -24,6 +28,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Primary(args) => args.run(config_path),
         Command::Standby(args) => args.run(config_path),
         Command::PruneArchive(args) => args.run(config_path),
+        Command::Status(args) => args.run(config_path),
+        Command::Verify(args) => args.run(config_path),
+        Command::Promote(args) => args.run(config_path),
+        Command::Rejoin(args) => args.run(config_path),
         Command::WriteConfig(args) => args.run(config_path),
         Command::GenerateDocs(args) => args.run(),
     }

@@ -118,6 +118,7 @@ pub fn plan(config: &Config, cluster: &Cluster, facts: &Facts, target: &Target, 
         plan.steps.extend(config_file_change(file)?.map(Step::WriteFile));
     }
     plan.steps.extend(role_step(config, cluster, target, password)?);
+    plan.steps.extend(rewind_grants_step(config, cluster, target)?);
     Ok(plan)
 }
 
@@ -215,6 +216,33 @@ fn role_step(config: &Config, cluster: &Cluster, target: &Target, password: &Pas
     Ok(Some(Step::Sql { shown, sql }))
 }
 
+/// From 11, pg_rewind can use a non-superuser source connection given these functions; granting
+/// them lets `pgha rejoin` on a former primary rewind from this node once it is promoted (the
+/// grants reach the standbys by replication).
+fn rewind_grants_step(config: &Config, cluster: &Cluster, target: &Target) -> Result<Option<Step>> {
+    if cluster.version < crate::version::PgVersion::new(11, 0) {
+        return Ok(None);
+    }
+    let user = sql_literal(&config.replication.user);
+    let missing = query(
+        target,
+        &format!(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace \
+             AND ((proname = 'pg_ls_dir' AND pronargs = 3) OR (proname = 'pg_stat_file' AND pronargs = 2) \
+             OR (proname = 'pg_read_binary_file' AND pronargs IN (1, 4))) \
+             AND NOT (EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {user}) AND has_function_privilege({user}, p.oid, 'EXECUTE')) \
+             ORDER BY 1"
+        ),
+    )?;
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let functions: Vec<String> = missing.into_iter().filter_map(|row| row.into_iter().next()).collect();
+    let statement =
+        format!("GRANT EXECUTE ON FUNCTION {} TO {}", functions.join(", "), sql_identifier(&config.replication.user));
+    Ok(Some(Step::Sql { shown: statement.clone(), sql: format!("{statement};\n") }))
+}
+
 fn apply(plan: &Plan, cluster: &Cluster, target: &Target) -> Result<()> {
     let mut transaction = Transaction::new();
     let mut server = ServerState::Untouched;
@@ -304,10 +332,13 @@ fn apply_steps(
 /// configuration is still the one running.
 fn check_config_files(cluster: &Cluster, target: &Target) -> Result<()> {
     // "setting could not be applied" only means a restart is needed; pending_restart handles that.
+    // So does "cannot be changed without restarting": a restart-only setting removed from a file
+    // (re-running `pgha primary` on a promoted standby drops the standby form's max_connections etc.).
     let errors = query(
         target,
         "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings \
-         WHERE error IS NOT NULL AND error <> 'setting could not be applied'",
+         WHERE error IS NOT NULL AND error <> 'setting could not be applied' \
+         AND error NOT LIKE '%cannot be changed without restarting the server'",
     )?;
     if !errors.is_empty() {
         let lines: Vec<String> = errors.iter().map(|row| row.join(": ")).collect();

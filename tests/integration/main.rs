@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod day2;
 mod golden;
 mod primary;
 mod standby;

@@ -1,0 +1,134 @@
+//! `pgha verify`: prove that a change on the primary reaches every standby, without touching
+//! user tables, and print each standby's round trip.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::clone::{preflight_sslmode, primary_client_conninfo};
+use crate::config::Config;
+use crate::error::{ConfigError, EXIT_OK};
+use crate::pg::{query, query_value, Target};
+use crate::render::standby_name;
+use crate::replication::{parse_snapshot, parse_verify_output, snapshot_sql, verify_sql, Lsn};
+use crate::version::PgVersion;
+
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Seconds to wait for every standby to replay the new WAL position
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+impl VerifyArgs {
+    pub fn run(self, config_path: &Path) -> Result<i32> {
+        let config = Config::load(config_path)?;
+        let (target, where_) = primary_target(config_path, &config)?;
+        let header = query(&target, "SELECT current_setting('server_version_num'), pg_is_in_recovery()::text")
+            .with_context(|| format!("cannot reach the primary ({where_})"))?;
+        let [version_num, in_recovery] = header.first().map(Vec::as_slice).unwrap_or_default() else {
+            bail!("unexpected answer from the primary: {header:?}");
+        };
+        if in_recovery == "true" {
+            bail!(
+                "{where_} is in recovery, not a primary: after a promote, update [primary] in {} as `pgha promote` printed",
+                config_path.display()
+            );
+        }
+        let version = PgVersion::from_version_num(version_num.parse().context("bad server_version_num")?);
+        let standbys: Vec<IpAddr> = config.standby.addresses.clone();
+
+        let note = format!("pgha verify {}", humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        for statement in verify_sql(version, &note) {
+            answer = query(&target, &statement)?;
+        }
+        let target_lsn = parse_verify_output(&answer)?;
+        println!("wrote WAL position {target_lsn} on the primary ({where_})");
+
+        let deadline = started + Duration::from_secs(self.timeout);
+        let mut arrived: BTreeMap<IpAddr, Duration> = BTreeMap::new();
+        let mut last_seen: BTreeMap<IpAddr, Option<Lsn>> = BTreeMap::new();
+        loop {
+            let snapshot = parse_snapshot(&query(&target, &snapshot_sql(version))?)?;
+            for address in &standbys {
+                if arrived.contains_key(address) {
+                    continue;
+                }
+                let sender = snapshot.senders.iter().find(|sender| {
+                    sender.application_name == standby_name(*address) || sender.client_addr == Some(*address)
+                });
+                let replay = sender.and_then(|sender| sender.replay);
+                last_seen.insert(*address, replay);
+                if replay.is_some_and(|replay| replay >= target_lsn) {
+                    let elapsed = started.elapsed();
+                    println!(
+                        "standby {address} ({}): replayed it after {} ms",
+                        standby_name(*address),
+                        elapsed.as_millis()
+                    );
+                    arrived.insert(*address, elapsed);
+                }
+            }
+            if arrived.len() == standbys.len() {
+                println!("OK: all {} standby(s) replayed the change", standbys.len());
+                return Ok(EXIT_OK);
+            }
+            if Instant::now() >= deadline {
+                let lagging: Vec<String> = standbys
+                    .iter()
+                    .filter(|address| !arrived.contains_key(address))
+                    .map(|address| match last_seen.get(address).copied().flatten() {
+                        Some(replay) => format!(
+                            "standby {address} ({}) has replayed only up to {replay}, {} bytes short",
+                            standby_name(*address),
+                            target_lsn.bytes_after(replay)
+                        ),
+                        None => {
+                            format!("standby {address} ({}) is not connected to the primary", standby_name(*address))
+                        }
+                    })
+                    .collect();
+                bail!("timed out after {} s waiting for {target_lsn}: {}", self.timeout, lagging.join("; "));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+/// The primary: the local cluster when this host is the primary, otherwise a connection to it
+/// with the passfile `pgha standby` wrote.
+pub fn primary_target(config_path: &Path, config: &Config) -> Result<(Target, String)> {
+    let primary = config.primary.address;
+    if crate::cmd::find_local_address(&[primary])?.is_some() {
+        let (_, cluster) = crate::cmd::load_config_and_cluster(config_path)?;
+        crate::cmd::require_online(config_path, &cluster)?;
+        return Ok((Target::local(&cluster), format!("local cluster {}", cluster.id())));
+    }
+    if crate::cmd::find_local_address(&config.standby.addresses)?.is_none() {
+        return Err(ConfigError::in_file(
+            config_path,
+            "none of this host's addresses is [primary] address or in [standby] addresses: run this on a node",
+        )
+        .into());
+    }
+    if !config.replication.passfile.exists() {
+        bail!(
+            "{} does not exist: run `pgha standby` on this host first (it writes the passfile used to reach the primary)",
+            config.replication.passfile.display()
+        );
+    }
+    let conninfo = primary_client_conninfo(config, &config.replication.passfile, preflight_sslmode(config), "postgres");
+    let target = Target::Remote { conninfo };
+    // Fail early with a clear message instead of at the first real query.
+    query_value(&target, "SELECT 1")
+        .with_context(|| format!("cannot connect to the primary {primary}:{}", config.primary.port))?;
+    Ok((target, format!("{primary}:{}", config.primary.port)))
+}
