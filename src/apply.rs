@@ -55,10 +55,6 @@ impl Transaction {
         Self::default()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.undo.is_empty()
-    }
-
     pub fn write(&mut self, change: &FileChange) -> Result<()> {
         let undo = match &change.old {
             Some(content) => Undo::Restore {

@@ -274,6 +274,7 @@ impl Config {
 pub struct Password(String);
 
 impl Password {
+    #[cfg(test)]
     pub fn new(text: String) -> Self {
         Password(text)
     }

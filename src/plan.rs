@@ -38,8 +38,6 @@ pub enum Step {
         shown: String,
         sql: String,
     },
-    /// A description of a command (reload, restart) carried out by the subcommand itself.
-    Command(String),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,13 +52,6 @@ impl Plan {
 
     pub fn push(&mut self, step: Step) {
         self.steps.push(step);
-    }
-
-    pub fn file_changes(&self) -> impl Iterator<Item = &FileChange> {
-        self.steps.iter().filter_map(|step| match step {
-            Step::WriteFile(change) => Some(change),
-            _ => None,
-        })
     }
 
     /// The plan as an admin reads it: unified diffs for files, then everything else.
@@ -80,9 +71,6 @@ impl Plan {
                 }
                 Step::Sql { shown, .. } => {
                     let _ = writeln!(out, "run SQL: {shown}");
-                }
-                Step::Command(command) => {
-                    let _ = writeln!(out, "run: {command}");
                 }
             }
         }

@@ -10,7 +10,9 @@ pub struct PgVersion {
     pub minor: u32,
 }
 
+#[cfg(test)]
 pub const OLDEST_SUPPORTED: PgVersion = PgVersion { major: 9, minor: 5 };
+#[cfg(test)]
 pub const NEWEST_SUPPORTED: PgVersion = PgVersion { major: 18, minor: 0 };
 
 /// Every major version pgha supports, oldest first.
@@ -79,11 +81,6 @@ impl PgVersion {
     /// `pg_basebackup --create-slot` arrived in 11.
     pub fn basebackup_can_create_slot(self) -> bool {
         self.at_least(11)
-    }
-
-    /// Directory name Debian uses under /etc/postgresql and /usr/lib/postgresql.
-    pub fn dir_name(self) -> String {
-        self.to_string()
     }
 
     pub fn bin_dir(self) -> String {

@@ -292,7 +292,7 @@ fn apply_steps(
                 transaction.write(change)?;
                 files_changed = true;
             }
-            Step::Sql { .. } | Step::Command(_) => {}
+            Step::Sql { .. } => {}
         }
     }
     if files_changed {
