@@ -1,6 +1,6 @@
-# pgha's entry points. `make test` is what CI (.ci/run) calls: it installs the prerequisites,
-# then runs every test, the nspawn end-to-end test included.
+# pgha: the two commands a newcomer needs are `make demo` and `make test` (see README.md).
 SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release/pgha
@@ -8,36 +8,31 @@ VERSION := $(shell dpkg-parsechangelog -S Version 2>/dev/null || sed -n '1s/.*(\
 ARCH := $(shell dpkg --print-architecture)
 DEB := pgha_$(VERSION)_$(ARCH).deb
 
-# Debian packages the build and the tests need (the Rust toolchain is rustup's, see README).
-TEST_PACKAGES := postgresql-15 postgresql-client-15 iproute2 debhelper po-debconf dpkg-dev lintian \
-	mmdebstrap systemd-container debian-archive-keyring ucf debconf util-linux
-
-.PHONY: all deps build release unit integration e2e e2e-bookworm e2e-trixie test deb lint-deb demo demo-clean clean
+.PHONY: all build deps unit integration test check-fmt clean deb lint-deb e2e e2e-bookworm e2e-trixie demo demo-clean
 
 all: build
 
-deps:
-	@missing=$$(for p in $(TEST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing:" $$missing; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	else echo "deps: all installed"; fi
-
 build:
-	$(CARGO) build
+	$(CARGO) build --release --locked
 
-release:
-	$(CARGO) build --release
+# Everything the tests need, installed idempotently (apt-get and cargo only).
+deps:
+	.ci/install-deps
 
 unit:
-	$(CARGO) test --bins
+	$(CARGO) test --locked --bins
 
+# Real PostgreSQL clusters and network namespaces: needs root.
 integration:
-	$(CARGO) test --test integration
+	$(CARGO) test --locked --test integration -- --test-threads=2
 
-# The .deb: cargo builds the binary, dpkg-buildpackage packages it (debian/rules explains why),
-# in a copy of the tree under build/ so its output does not land in the parent directory.
-deb: release
+check-fmt:
+	$(CARGO) fmt --check
+
+# The .deb: cargo builds the binary, dpkg-buildpackage only packages it (debian/rules says why).
+# It runs in a copy of the tree under build/, so its output does not land in the parent directory;
+# the versioned file and pgha.deb are copied to the top of the tree.
+deb: build
 	rm -rf build/deb && mkdir -p build/deb/pgha
 	tar --exclude=./target --exclude=./build --exclude=./.git --exclude='./pgha*.deb' -cf - . | tar -C build/deb/pgha -xf -
 	cd build/deb/pgha && PGHA_BIN=$(RELEASE_BIN) dpkg-buildpackage -b -us -uc >../build.log 2>&1 \
@@ -46,22 +41,20 @@ deb: release
 	cp $(DEB) pgha.deb
 	@echo "built $(DEB) and pgha.deb"
 
+# lintian on the .deb: fails on any error or warning, prints the summary.
 lint-deb: deb
 	tests/lint-deb.sh $(DEB)
 
+# Two systemd-nspawn hosts per distribution, through the user's path (tests/e2e/nspawn.sh).
 e2e: e2e-bookworm e2e-trixie
 
 e2e-bookworm: deb
-	tests/e2e/nspawn.sh bookworm
+	tests/e2e/nspawn.sh bookworm pgha.deb
 
 e2e-trixie: deb
-	tests/e2e/nspawn.sh trixie
+	tests/e2e/nspawn.sh trixie pgha.deb
 
-test: deps
-	$(MAKE) unit
-	$(MAKE) integration
-	$(MAKE) lint-deb
-	$(MAKE) e2e
+test: deps check-fmt unit integration lint-deb e2e
 
 demo: deps deb
 	tests/e2e/demo.sh up

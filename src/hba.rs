@@ -16,6 +16,12 @@ pub fn merge_block(current: &str, block: &str) -> Result<String, String> {
             !trimmed.is_empty() && !trimmed.starts_with('#')
         })
         .unwrap_or(lines.len());
+    // Keep a rule's own comment lines attached to it: insert above them, not between.
+    let mut insert_at = first_rule;
+    while insert_at > 0 && lines[insert_at - 1].trim_start().starts_with('#') && first_rule < lines.len() {
+        insert_at -= 1;
+    }
+    let first_rule = insert_at;
     let mut merged = String::new();
     lines[..first_rule].iter().for_each(|line| merged.push_str(line));
     if !merged.is_empty() && !merged.ends_with('\n') {
@@ -55,7 +61,7 @@ pub fn remove_block(current: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    const DEBIAN: &str = "# PostgreSQL Client Authentication\n#\n# comment\n\nlocal   all  postgres  peer\nhost all all 127.0.0.1/32 scram-sha-256\n";
+    const DEBIAN: &str = "# PostgreSQL Client Authentication\n#\n# comment\n\n# Database administrative login\nlocal   all  postgres  peer\nhost all all 127.0.0.1/32 scram-sha-256\n";
     const BLOCK: &str = "# BEGIN pgha\nhostssl replication \"r\" 10.0.0.2/32 scram-sha-256\n# END pgha\n";
 
     #[test]
@@ -64,6 +70,7 @@ mod tests {
         let begin = merged.find(BEGIN).unwrap();
         assert!(begin < merged.find("local   all").unwrap());
         assert!(merged.starts_with("# PostgreSQL Client Authentication\n"));
+        assert!(merged.contains("# END pgha\n\n# Database administrative login\nlocal"), "{merged}");
     }
 
     #[test]

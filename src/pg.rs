@@ -60,6 +60,8 @@ pub fn invoke_psql(target: &Target, sql: &str) -> Result<String> {
 
 /// Splits psql's unaligned output into rows of fields.
 pub fn parse_rows(output: &str) -> Vec<Vec<String>> {
+    // psql ends the last record with a newline instead of the record separator.
+    let output = output.strip_suffix('\n').unwrap_or(output);
     output
         .split(RECORD_SEPARATOR)
         .map(|record| record.trim_start_matches('\n'))
@@ -140,6 +142,14 @@ pub fn shell_quote(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_saved_psql_output() {
+        // psql 15: printf 'SELECT 1, 2 UNION ALL SELECT 3, 4' | psql -XqAt -F $'\x1f' -R $'\x1e'
+        assert_eq!(parse_rows("1\u{1f}2\u{1e}3\u{1f}4\n"), vec![vec!["1", "2"], vec!["3", "4"]]);
+        // SHOW ssl
+        assert_eq!(parse_rows("on\n"), vec![vec!["on"]]);
+    }
 
     #[test]
     fn parses_unaligned_rows_with_embedded_newlines() {

@@ -34,8 +34,10 @@ pub struct PrimaryArgs {
 
 impl PrimaryArgs {
     pub fn run(self, config_path: &Path) -> Result<i32> {
-        let (config, cluster) = crate::cmd::load_config_and_cluster(config_path)?;
+        // All of the admin's input is checked before the host is even looked at.
+        let config = Config::load(config_path)?;
         let password = config.read_password()?;
+        let cluster = crate::debian::select_cluster(config_path, &config.cluster, &crate::debian::list_clusters()?)?;
         crate::cmd::require_online(config_path, &cluster)?;
         crate::cmd::require_local_address(config_path, "primary.address", config.primary.address)?;
         let target = Target::local(&cluster);
@@ -209,12 +211,13 @@ fn role_step(config: &Config, cluster: &Cluster, target: &Target, password: &Pas
 
 fn apply(plan: &Plan, cluster: &Cluster, target: &Target) -> Result<()> {
     let mut transaction = Transaction::new();
-    let result = apply_steps(plan, cluster, target, &mut transaction);
+    let mut server = ServerState::Untouched;
+    let result = apply_steps(plan, cluster, target, &mut transaction, &mut server);
     if let Err(error) = result {
         log::error!("{error:#}");
         log::warn!("putting back the files pgha changed");
         transaction.rollback().context("after a failed `pgha primary`")?;
-        if let Err(restore) = restore_service(cluster, target) {
+        if let Err(restore) = restore_service(cluster, target, server) {
             bail!(
                 "{error:#}\nthe old configuration is back but the cluster did not come up with it: {restore:#}\n{}",
                 log_tail(cluster, 20)
@@ -228,7 +231,21 @@ fn apply(plan: &Plan, cluster: &Cluster, target: &Target) -> Result<()> {
     Ok(())
 }
 
-fn apply_steps(plan: &Plan, cluster: &Cluster, target: &Target, transaction: &mut Transaction) -> Result<()> {
+/// How far the server got with the new files, so a rollback undoes exactly that much.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerState {
+    Untouched,
+    Reloaded,
+    Restarted,
+}
+
+fn apply_steps(
+    plan: &Plan,
+    cluster: &Cluster,
+    target: &Target,
+    transaction: &mut Transaction,
+    server: &mut ServerState,
+) -> Result<()> {
     let mut files_changed = false;
     for step in &plan.steps {
         match step {
@@ -257,6 +274,7 @@ fn apply_steps(plan: &Plan, cluster: &Cluster, target: &Target, transaction: &mu
         return Ok(());
     }
     log::info!("reloading cluster {}", cluster.id());
+    *server = ServerState::Reloaded;
     invoke_pg_ctlcluster(cluster, ClusterAction::Reload)?;
     wait_until_ready(target, READY_TIMEOUT)?;
     let pending: Vec<String> = query(target, "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name")?
@@ -265,6 +283,7 @@ fn apply_steps(plan: &Plan, cluster: &Cluster, target: &Target, transaction: &mu
         .collect();
     if !pending.is_empty() {
         log::info!("restarting cluster {}: {} only change at a restart", cluster.id(), pending.join(", "));
+        *server = ServerState::Restarted;
         if let Err(error) = invoke_pg_ctlcluster(cluster, ClusterAction::Restart) {
             bail!("{error:#}\n{}", log_tail(cluster, 20));
         }
@@ -278,7 +297,12 @@ fn apply_steps(plan: &Plan, cluster: &Cluster, target: &Target, transaction: &mu
 /// setting overridden by a later file (postgresql.auto.conf, say) is caught while the old
 /// configuration is still the one running.
 fn check_config_files(cluster: &Cluster, target: &Target) -> Result<()> {
-    let errors = query(target, "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings WHERE error IS NOT NULL")?;
+    // "setting could not be applied" only means a restart is needed; pending_restart handles that.
+    let errors = query(
+        target,
+        "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings \
+         WHERE error IS NOT NULL AND error <> 'setting could not be applied'",
+    )?;
     if !errors.is_empty() {
         let lines: Vec<String> = errors.iter().map(|row| row.join(": ")).collect();
         bail!("PostgreSQL rejects the configuration files:\n{}", lines.join("\n"));
@@ -308,16 +332,17 @@ fn check_config_files(cluster: &Cluster, target: &Target) -> Result<()> {
     Ok(())
 }
 
-/// After a rollback: reload the restored files, or start the cluster if a failed restart left it down.
-fn restore_service(cluster: &Cluster, target: &Target) -> Result<()> {
-    if wait_until_ready(target, Duration::from_secs(2)).is_ok() {
-        invoke_pg_ctlcluster(cluster, ClusterAction::Reload)?;
-        let pending = query_value(target, "SELECT count(*) FROM pg_settings WHERE pending_restart")?;
-        if pending != "0" {
-            invoke_pg_ctlcluster(cluster, ClusterAction::Restart)?;
-        }
-    } else {
+/// After a rollback: bring the server back to the restored files, doing no more than the
+/// failed run did, so a failure before any reload leaves the server untouched.
+fn restore_service(cluster: &Cluster, target: &Target, server: ServerState) -> Result<()> {
+    if wait_until_ready(target, Duration::from_secs(2)).is_err() {
         invoke_pg_ctlcluster(cluster, ClusterAction::Start)?;
+    } else {
+        match server {
+            ServerState::Untouched => return Ok(()),
+            ServerState::Reloaded => invoke_pg_ctlcluster(cluster, ClusterAction::Reload)?,
+            ServerState::Restarted => invoke_pg_ctlcluster(cluster, ClusterAction::Restart)?,
+        }
     }
     wait_until_ready(target, READY_TIMEOUT)
 }

@@ -16,6 +16,9 @@ pub struct RenderArgs {
     /// PostgreSQL major version to render for (default: cluster.version from the config, else 15)
     #[arg(long, value_name = "N")]
     pub pg_version: Option<PgVersion>,
+    /// Write the files under this directory (DIR/etc/postgresql/...) instead of printing them
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<std::path::PathBuf>,
 }
 
 impl RenderArgs {
@@ -33,7 +36,17 @@ impl RenderArgs {
         };
         let name = config.cluster.name.clone().unwrap_or_else(|| "main".into());
         let facts = Facts::assumed(version, &name, own_address);
-        print!("{}", format_listing(&render(self.role, &config, &facts)?));
+        let files = render(self.role, &config, &facts)?;
+        match self.root {
+            None => print!("{}", format_listing(&files)),
+            Some(root) => {
+                for file in files {
+                    let path = root.join(file.path.strip_prefix("/").unwrap_or(&file.path));
+                    std::fs::create_dir_all(path.parent().expect("rendered paths are absolute"))?;
+                    std::fs::write(&path, &file.content)?;
+                }
+            }
+        }
         Ok(EXIT_OK)
     }
 }

@@ -3,3 +3,7 @@
 //! use network namespaces. They need root; see README.md, "Tests".
 
 mod common;
+
+mod cli;
+mod golden;
+mod primary;
