@@ -43,6 +43,8 @@ pub enum Command {
     Render(crate::cmd::render::RenderArgs),
     /// Make this host's cluster the replication primary
     Primary(crate::cmd::primary::PrimaryArgs),
+    /// Make this host's cluster a streaming hot standby of [primary] (a no-op when it already is one)
+    Standby(crate::cmd::standby::StandbyArgs),
     /// Delete archived WAL older than archive.keep
     PruneArchive(crate::cmd::prune_archive::PruneArchiveArgs),
     /// Write /etc/pgha/pgha.conf and the password file (used by the package's postinst)

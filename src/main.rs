@@ -4,6 +4,7 @@ use clap::Parser;
 
 mod apply;
 mod cli;
+mod clone;
 mod cmd;
 mod config;
 mod debian;

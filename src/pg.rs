@@ -156,6 +156,8 @@ mod tests {
         let output = "a\u{1f}b\u{1e}\nmulti\nline\u{1f}\u{1e}";
         assert_eq!(parse_rows(output), vec![vec!["a", "b"], vec!["multi\nline", ""]]);
         assert!(parse_rows("").is_empty());
+        // Saved from psql 15: two rows of (1, 2) with -A -t and these separators.
+        assert_eq!(parse_rows("1\u{1f}2\u{1e}1\u{1f}2\n"), vec![vec!["1", "2"], vec!["1", "2"]]);
     }
 
     #[test]

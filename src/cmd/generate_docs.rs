@@ -5,8 +5,8 @@ use anyhow::{Context, Result};
 use clap::{Args, CommandFactory};
 
 use crate::cli::Cli;
-use crate::config::{DEFAULT_ARCHIVE_DIR, DEFAULT_CONFIG_PATH, DEFAULT_PASSWORD_FILE};
 use crate::cmd::write_config::render_config_file;
+use crate::config::{DEFAULT_ARCHIVE_DIR, DEFAULT_CONFIG_PATH, DEFAULT_PASSWORD_FILE};
 
 #[derive(Debug, Args)]
 pub struct GenerateDocsArgs {

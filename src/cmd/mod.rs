@@ -14,6 +14,7 @@ pub mod generate_docs;
 pub mod primary;
 pub mod prune_archive;
 pub mod render;
+pub mod standby;
 pub mod write_config;
 
 pub fn run(cli: Cli) -> Result<i32> {
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Render(args) => args.run(config_path),
         Command::Primary(args) => args.run(config_path),
+        Command::Standby(args) => args.run(config_path),
         Command::PruneArchive(args) => args.run(config_path),
         Command::WriteConfig(args) => args.run(config_path),
         Command::GenerateDocs(args) => args.run(),

@@ -15,8 +15,8 @@ use crate::hba::merge_block;
 use crate::host::postgres_account;
 use crate::password::{stored_matches, verifier_for};
 use crate::pg::{query, query_value, sql_identifier, sql_literal, wait_until_ready, Target};
-use crate::plan::{existing_ownership, file_change, Ownership, Plan, Step};
-use crate::render::{conf_fragment_path, render, Facts, FileKind, Role};
+use crate::plan::{existing_ownership, file_change, FileChange, Ownership, Plan, Step};
+use crate::render::{conf_fragment_path, render, Facts, FileKind, RenderedFile, Role};
 
 /// How long a restarted or reloaded server gets to accept connections again.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -115,22 +115,28 @@ pub fn plan(config: &Config, cluster: &Cluster, facts: &Facts, target: &Target, 
         });
     }
     for file in render(Role::Primary, config, facts)? {
-        let change = match file.kind {
-            FileKind::Whole => {
-                file_change(&file.path, file.content, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o644 })?
-            }
-            FileKind::HbaBlock => {
-                let current =
-                    fs::read_to_string(&file.path).with_context(|| format!("cannot read {}", file.path.display()))?;
-                let merged = merge_block(&current, &file.content)
-                    .map_err(|message| anyhow::anyhow!("{}: {message}", file.path.display()))?;
-                file_change(&file.path, merged, existing_ownership(&file.path)?)?
-            }
-        };
-        plan.steps.extend(change.map(Step::WriteFile));
+        plan.steps.extend(config_file_change(file)?.map(Step::WriteFile));
     }
     plan.steps.extend(role_step(config, cluster, target, password)?);
     Ok(plan)
+}
+
+/// The change a rendered configuration file needs: whole files owned by postgres (0644), the
+/// pg_hba.conf block merged into the admin's file with its owner and mode kept.
+pub fn config_file_change(file: RenderedFile) -> Result<Option<FileChange>> {
+    match file.kind {
+        FileKind::Whole => {
+            let postgres = postgres_account()?;
+            file_change(&file.path, file.content, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o644 })
+        }
+        FileKind::HbaBlock => {
+            let current =
+                fs::read_to_string(&file.path).with_context(|| format!("cannot read {}", file.path.display()))?;
+            let merged = merge_block(&current, &file.content)
+                .map_err(|message| anyhow::anyhow!("{}: {message}", file.path.display()))?;
+            file_change(&file.path, merged, existing_ownership(&file.path)?)
+        }
+    }
 }
 
 fn archive_dir_step(config: &Config, ownership: Ownership) -> Result<Option<Step>> {

@@ -7,3 +7,4 @@ mod common;
 mod cli;
 mod golden;
 mod primary;
+mod standby;

@@ -1,0 +1,104 @@
+//! `pgha standby`: make this host's cluster a streaming hot standby of `[primary]`.
+//! pgha-standby.service runs it at install time and at every boot, so a healthy standby is a no-op.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+
+use crate::clone::{
+    clone_standby, old_path, preflight, staging_path, wait_streaming_from_primary, PrivatePassfile, StandbyContext,
+};
+use crate::error::EXIT_OK;
+
+/// How long a running standby of this primary gets to (re)connect before it counts as broken:
+/// at boot the wal receiver connects a moment after the server accepts connections.
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Args)]
+pub struct StandbyArgs {
+    /// Run every preflight check and print what would happen; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Clone again even when this cluster already streams from the primary
+    #[arg(long)]
+    pub force_reclone: bool,
+
+    /// How long the new standby gets to start streaming (default: standby.streaming_timeout)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+impl StandbyArgs {
+    pub fn run(self, config_path: &Path) -> Result<i32> {
+        let (config, cluster) = crate::cmd::load_config_and_cluster(config_path)?;
+        let password = config.read_password()?;
+        let own_address = crate::cmd::find_local_address(&config.standby.addresses)?.ok_or_else(|| {
+            let have: Vec<String> =
+                crate::host::local_addresses().unwrap_or_default().iter().map(ToString::to_string).collect();
+            anyhow!(
+                "preflight: none of standby.addresses in {} is an address of this host (it has {}): \
+                 run `pgha standby` on a standby, or add this host's address to standby.addresses",
+                config_path.display(),
+                have.join(", ")
+            )
+        })?;
+        let context = StandbyContext { config: &config, cluster: &cluster, password: &password, own_address };
+        let passfile = PrivatePassfile::new(&config, &password)?;
+        let primary = preflight(&context, &passfile.path)?;
+
+        if !self.force_reclone && wait_streaming_from_primary(&context, &primary.system_identifier, RECONNECT_PATIENCE)?
+        {
+            log::info!(
+                "cluster {} already streams from {} (system identifier {}): nothing to do",
+                cluster.id(),
+                config.primary.address,
+                primary.system_identifier
+            );
+            println!("nothing to do: cluster {} already streams from {}", cluster.id(), config.primary.address);
+            return Ok(EXIT_OK);
+        }
+
+        let timeout = self.timeout.unwrap_or(config.standby.streaming_timeout);
+        if self.dry_run {
+            let size = primary.database_bytes.map_or("unknown size".to_string(), |b| format!("{} MB", b >> 20));
+            println!("preflight passed: primary {} runs PostgreSQL {}", config.primary.address, primary.version);
+            println!("would stop cluster {} (if running)", cluster.id());
+            println!(
+                "would clone the primary ({size}) into {} with pg_basebackup -X stream --checkpoint=fast{}",
+                staging_path(&cluster.data_dir).display(),
+                context.slot_name().map_or(String::new(), |slot| format!(" using slot {slot}"))
+            );
+            println!(
+                "would write the standby configuration, conf.d/pgha.conf, the pg_hba block and {}",
+                config.replication.passfile.display()
+            );
+            println!(
+                "would move {} to {} and start the standby, waiting up to {}s for streaming",
+                cluster.data_dir.display(),
+                old_path(&cluster.data_dir, std::time::SystemTime::now()).display(),
+                timeout.as_secs()
+            );
+            return Ok(EXIT_OK);
+        }
+
+        let report = clone_standby(&context, &primary, timeout)?;
+        println!(
+            "cluster {} streams from {} ({} MB cloned in {:.1}s)",
+            cluster.id(),
+            config.primary.address,
+            report.cloned_bytes >> 20,
+            report.elapsed.as_secs_f64()
+        );
+        if let Some((path, bytes)) = &report.old_data_dir {
+            println!(
+                "the previous data directory is kept at {} ({} MB); delete it when no longer needed",
+                path.display(),
+                bytes >> 20
+            );
+        }
+        Ok(EXIT_OK)
+    }
+}
