@@ -17,14 +17,15 @@ pg_version_of() {
     esac
 }
 
-# The packages every host needs: systemd, PostgreSQL, and every Depends of the .deb, because the
+# The packages every host needs: systemd, PostgreSQL, man-db (systemd-analyze verify opens the
+# Documentation=man: pages), and every Depends of the .deb, because the
 # containers have no network to the archive when `apt install ./pgha.deb` runs.
 base_packages() {
     local dist=$1 deb=$2 pg
     pg=$(pg_version_of "$dist")
     local depends
     depends=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed -e 's/|.*//' -e 's/(.*)//' -e 's/[[:space:]]//g' | grep . | sort -u)
-    printf '%s\n' systemd systemd-sysv dbus iproute2 procps libnss-myhostname util-linux apt \
+    printf '%s\n' systemd systemd-sysv dbus iproute2 procps libnss-myhostname util-linux apt man-db \
         "postgresql-$pg" "postgresql-client-$pg" $depends | sort -u | paste -sd, -
 }
 
@@ -52,6 +53,11 @@ base_image() {
                 "$dist" "$image.tmp" "$MIRROR" >&2 || die "mmdebstrap $dist failed"
             touch "$image.tmp/.complete"
             mv "$image.tmp" "$image"
+            # Older images of this distribution (another package list) are not used any more.
+            for old in "$CACHE/base-$dist-"*; do
+                [ "$old" = "$image" ] || ! mountpoint -q "$old" || continue
+                [ "$old" = "$image" ] || rm -rf "$old"
+            done
         fi
     ) 9>"$CACHE/.lock"
     echo "$image"
@@ -114,7 +120,12 @@ host_boot() {
     done
     [ -n "$leader" ] || die "no systemd in container $name"
     echo "$leader" >"$dir/leader.pid"
-    state=$(timeout 120 nsenter -t "$leader" -a -- systemctl is-system-running --wait 2>/dev/null || true)
+    # Until systemd listens on its private socket, systemctl fails at once: retry that.
+    for i in $(seq 120); do
+        state=$(timeout 120 nsenter -t "$leader" -a -- systemctl is-system-running --wait 2>/dev/null || true)
+        [ -z "$state" ] || break
+        sleep 0.5
+    done
     case "$state" in
         running) ;;
         degraded) log "$name is degraded: $(in_host "$name" systemctl --failed --no-legend --plain | tr '\n' ' ')" ;;

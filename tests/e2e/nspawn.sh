@@ -43,6 +43,14 @@ eventually() {
     "$@"
 }
 
+# "ActiveState/SubState/Result" of UNIT in HOST (systemctl show prints properties in its own order).
+unit_state() {
+    local host=$1 unit=$2 property
+    for property in ActiveState SubState Result; do
+        in_host "$host" systemctl show -P "$property" "$unit"
+    done | paste -sd/
+}
+
 cleanup() {
     host_destroy "$primary"
     host_destroy "$standby"
@@ -107,11 +115,9 @@ done
 
 echo "-- systemctl start pgha-primary / pgha-standby"
 check "systemctl start pgha-primary" in_host "$primary" systemctl start pgha-primary
-check "pgha-primary is active (exited)" \
-    test "$(in_host "$primary" systemctl show -P ActiveState,SubState pgha-primary | paste -sd/)" = active/exited
+check "pgha-primary is active (exited)" test "$(unit_state "$primary" pgha-primary)" = active/exited/success
 check "systemctl start pgha-standby" in_host "$standby" systemctl start pgha-standby
-check "pgha-standby is active (exited)" \
-    test "$(in_host "$standby" systemctl show -P ActiveState,SubState pgha-standby | paste -sd/)" = active/exited
+check "pgha-standby is active (exited)" test "$(unit_state "$standby" pgha-standby)" = active/exited/success
 in_host "$standby" systemctl status --no-pager -n 0 pgha-standby | sed 's/^/    /'
 check "systemctl status pgha-standby shows pgha's final STATUS=" \
     test -n "$(in_host "$standby" systemctl show -P StatusText pgha-standby)"
@@ -141,8 +147,13 @@ for pair in "$primary:pgha-primary" "$standby:pgha-standby"; do
     journal=$(in_host "$host" journalctl -u "$unit" -o cat --no-pager)
     steps=$(in_host "$host" journalctl -u "$unit" SYSLOG_IDENTIFIER=pgha -p info -o cat --no-pager | wc -l)
     check "journalctl -u $unit shows pgha's steps ($steps lines at info or above)" test "$steps" -ge 2
+    errors=$(in_host "$host" journalctl -u "$unit" SYSLOG_IDENTIFIER=pgha -p err -o cat --no-pager)
+    check "journalctl -u $unit: a successful run logs nothing at err or above" test -z "$errors"
     printf '%s\n' "$journal" | tail -8 | sed 's/^/    /'
 done
+check "pgha-prune-archive.service runs under its hardening" in_host "$primary" systemctl start pgha-prune-archive.service
+in_host "$primary" journalctl -u pgha-prune-archive -o cat --no-pager | grep -v '^Start\|^Finish' | sed 's/^/    /'
+
 for host in "$primary" "$standby"; do
     check "$host: the password is in no journal entry" \
         bash -c "! nsenter -t $(cat "$(host_dir "$host")/leader.pid") -a -- journalctl -o export --no-pager | grep -aqF -- '$password'"
@@ -165,7 +176,7 @@ host_boot "$standby" "$bridge"
 receiver_streaming() { [ "$(psql_in "$standby" -c "SELECT status FROM pg_stat_wal_receiver")" = streaming ]; }
 check "after the restart the standby streams (pg_stat_wal_receiver)" eventually 60 receiver_streaming
 check "pgha-standby ran at boot and succeeded (active (exited))" \
-    test "$(in_host "$standby" systemctl show -P ActiveState,SubState,Result pgha-standby | paste -sd/)" = active/exited/success
+    test "$(unit_state "$standby" pgha-standby)" = active/exited/success
 check "no re-clone: same data directory (inode), marker file still there" \
     test "$(in_host "$standby" stat -c %i "$datadir"):$(in_host "$standby" cat "$datadir/pgha-e2e-marker")" = "$inode_before:$marker"
 check "no re-clone: nothing new moved aside in /var/lib/postgresql/$pg" \
@@ -177,7 +188,7 @@ in_host "$primary" systemctl enable -q pgha-primary
 host_stop "$primary"
 host_boot "$primary" "$bridge"
 check "pgha-primary ran at boot and succeeded" \
-    test "$(in_host "$primary" systemctl show -P ActiveState,SubState,Result pgha-primary | paste -sd/)" = active/exited/success
+    test "$(unit_state "$primary" pgha-primary)" = active/exited/success
 psql_in "$primary" -d pghatest -c "INSERT INTO fruit VALUES (4, 'fig'); UPDATE fruit SET name = 'damson' WHERE id = 3" >/dev/null
 caught_up() { [ "$(psql_in "$standby" -d pghatest -c "SELECT string_agg(name, ',' ORDER BY id) FROM fruit")" = apple,quince,damson,fig ]; }
 check "the standby caught up with writes made after the primary's restart" eventually 90 caught_up
