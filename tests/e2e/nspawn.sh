@@ -140,6 +140,16 @@ streaming_to_standby() {
 }
 check "the primary streams to the standby (pg_stat_replication)" eventually 30 streaming_to_standby
 
+if in_host "$standby" pgha status --help >/dev/null 2>&1; then
+    for host in "$primary" "$standby"; do
+        status_output=$(in_host "$host" pgha status 2>&1)
+        check "$host: pgha status says OK (exit 0)" test $? -eq 0
+        printf '%s\n' "$status_output" | head -8 | sed 's/^/    /'
+    done
+else
+    echo "(this pgha has no status command yet: skipped pgha status)"
+fi
+
 echo "-- journal"
 for pair in "$primary:pgha-primary" "$standby:pgha-standby"; do
     host=${pair%%:*}
