@@ -25,7 +25,7 @@ show() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 run_in() { # HOST COMMAND...: shows the command, then runs it in HOST
     local host=$1
     shift
-    printf '%s# %s\n' "$host" "$*"
+    printf '%s# %s\n' "$host" "$*" >&2
     in_host "$host" "$@"
 }
 
@@ -83,7 +83,7 @@ up() {
         printf '%s# psql -x -c "SELECT ... FROM pg_stat_replication"\n' "$primary"
         psql_in "$primary" -x -c "SELECT application_name, client_addr, state, sync_state, sent_lsn, replay_lsn, replay_lag FROM pg_stat_replication" | sed 's/^/    /'
         printf '%s# psql -x -c "SELECT ... FROM pg_stat_wal_receiver"\n' "$standby"
-        psql_in "$standby" -x -c "SELECT status, sender_host, slot_name, received_lsn = latest_end_lsn AS caught_up FROM pg_stat_wal_receiver" | sed 's/^/    /'
+        psql_in "$standby" -x -c "SELECT status, sender_host, slot_name, latest_end_lsn, latest_end_time FROM pg_stat_wal_receiver" | sed 's/^/    /'
     fi
     trap - ERR
 

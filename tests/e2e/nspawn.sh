@@ -119,8 +119,8 @@ check "pgha-primary is active (exited)" test "$(unit_state "$primary" pgha-prima
 check "systemctl start pgha-standby" in_host "$standby" systemctl start pgha-standby
 check "pgha-standby is active (exited)" test "$(unit_state "$standby" pgha-standby)" = active/exited/success
 in_host "$standby" systemctl status --no-pager -n 0 pgha-standby | sed 's/^/    /'
-check "systemctl status pgha-standby shows pgha's final STATUS=" \
-    test -n "$(in_host "$standby" systemctl show -P StatusText pgha-standby)"
+check "systemctl status pgha-standby shows the final state (STATUS=)" \
+    grep -q "streams from $primary_ip" <<<"$(in_host "$standby" systemctl show -P StatusText pgha-standby)"
 
 echo "-- replication, verified the way the seed procedure does it"
 psql_in "$primary" -c "CREATE DATABASE pghatest" >/dev/null
@@ -187,6 +187,8 @@ receiver_streaming() { [ "$(psql_in "$standby" -c "SELECT status FROM pg_stat_wa
 check "after the restart the standby streams (pg_stat_wal_receiver)" eventually 60 receiver_streaming
 check "pgha-standby ran at boot and succeeded (active (exited))" \
     test "$(unit_state "$standby" pgha-standby)" = active/exited/success
+check "systemctl status pgha-standby after boot says it already streams" \
+    grep -q "already streams from $primary_ip" <<<"$(in_host "$standby" systemctl show -P StatusText pgha-standby)"
 check "no re-clone: same data directory (inode), marker file still there" \
     test "$(in_host "$standby" stat -c %i "$datadir"):$(in_host "$standby" cat "$datadir/pgha-e2e-marker")" = "$inode_before:$marker"
 check "no re-clone: nothing new moved aside in /var/lib/postgresql/$pg" \
@@ -227,6 +229,18 @@ check "it rewrote pgha.conf with the new answers" \
         grep -q '^directory = \"/var/backups/pgsql/wal\"' '$(host_dir "$standby")/root/etc/pgha/pgha.conf'"
 check "an empty password kept the stored one" \
     test "$(in_host "$standby" sha256sum /etc/pgha/replication.password)" = "$password_file_before"
+
+# Interactive, through debconf's readline frontend with typed answers: a bad address gets an
+# error screen and the question again. Answers: role (2 = standby), primary, standbys, user,
+# password (empty: keep), archive, then the primary's address once more.
+typed=$(printf '2\nnot-an-ip\n%s, %s.9\nreplicator\n\n/var/backups/pgsql/wal\n%s\n' "$standby_ip" "$net" "$primary_ip")
+interactive_output=$(in_host "$standby" sh -c "printf '%s' '$typed' | timeout 60 dpkg-reconfigure -freadline pgha" 2>&1)
+interactive_status=$?
+check "interactive dpkg-reconfigure: a bad address is answered with an error screen" \
+    grep -q 'Invalid answer' <<<"$interactive_output"
+check "... then asked again, and the corrected answer is accepted" test "$interactive_status" -eq 0
+check "... and pgha.conf holds the corrected address" \
+    in_host "$standby" grep -q "^address = \"$primary_ip\"" /etc/pgha/pgha.conf
 
 echo "-- apt purge pgha leaves PostgreSQL data intact"
 identifier_before=$(in_host "$standby" runuser -u postgres -- /usr/lib/postgresql/$pg/bin/pg_controldata "$datadir" | grep 'system identifier')
