@@ -109,6 +109,11 @@ for host in "$primary" "$standby"; do
         in_host "$host" test -f /usr/share/man/man8/pgha.8.gz -a -f /usr/share/man/man5/pgha.conf.5.gz
     check "$host: bash completion installed" in_host "$host" test -f /usr/share/bash-completion/completions/pgha
 done
+# The package's autopkgtest scripts (debian/tests), run on an installed host.
+cp -r "$here/../../debian/tests" "$(host_dir "$primary")/root/root/autopkgtest"
+for script in $(sed -n 's/^Tests: //p' "$here/../../debian/tests/control"); do
+    check "autopkgtest $script" in_host "$primary" sh -c "cd /tmp && /root/autopkgtest/$script"
+done
 for unit in pgha-primary pgha-standby; do
     in_host "$primary" systemd-analyze security --no-pager "$unit.service" 2>/dev/null | tail -1 | sed "s/^/$unit: /"
 done
@@ -234,7 +239,8 @@ check "an empty password kept the stored one" \
 # error screen and the question again. Answers: role (2 = standby), primary, standbys, user,
 # password (empty: keep), archive, then the primary's address once more.
 typed=$(printf '2\nnot-an-ip\n%s, %s.9\nreplicator\n\n/var/backups/pgsql/wal\n%s\n' "$standby_ip" "$net" "$primary_ip")
-interactive_output=$(in_host "$standby" sh -c "printf '%s' '$typed' | timeout 60 dpkg-reconfigure -freadline pgha" 2>&1)
+# script(1) gives dpkg-reconfigure the controlling terminal debconf's readline frontend insists on.
+interactive_output=$(in_host "$standby" sh -c "printf '%s' '$typed' | TERM=dumb timeout 60 script -qec 'dpkg-reconfigure -freadline pgha' /dev/null" 2>&1)
 interactive_status=$?
 check "interactive dpkg-reconfigure: a bad address is answered with an error screen" \
     grep -q 'Invalid answer' <<<"$interactive_output"
