@@ -109,8 +109,9 @@ leader_of() {
 host_boot() {
     local name=$1 bridge=$2 dir nspawn leader i state
     dir=$(host_dir "$name")
+    # fds 8 and 9 hold the callers' locks: a container that outlives its test must not keep them.
     setsid systemd-nspawn -D "$dir/root" --boot --register=no --keep-unit --network-bridge="$bridge" \
-        --machine="$name" --console=passive >>"$dir/console.log" 2>&1 </dev/null &
+        --machine="$name" --console=passive >>"$dir/console.log" 2>&1 </dev/null 8>&- 9>&- &
     nspawn=$!
     echo "$nspawn" >"$dir/nspawn.pid"
     for i in $(seq 100); do
