@@ -8,16 +8,21 @@ VERSION := $(shell dpkg-parsechangelog -S Version 2>/dev/null || sed -n '1s/.*(\
 ARCH := $(shell dpkg --print-architecture)
 DEB := pgha_$(VERSION)_$(ARCH).deb
 
-.PHONY: all build deps unit integration test check-fmt clean deb lint-deb e2e e2e-bookworm e2e-trixie demo demo-clean
+.PHONY: all build deps pgversions unit integration test check-fmt clean deb lint-deb e2e e2e-bookworm e2e-trixie demo demo-clean
 
 all: build
 
 build:
 	$(CARGO) build --release --locked
 
-# Everything the tests need, installed idempotently (apt-get and cargo only).
+# Everything the tests need, installed idempotently (apt-get and cargo; npm for pgversions).
 deps:
 	.ci/install-deps
+	tests/pgversions/install.sh
+
+# PostgreSQL servers 10-18 besides Debian's 15, as Debian versions, for tests/integration/versions.rs.
+pgversions:
+	tests/pgversions/install.sh
 
 unit:
 	$(CARGO) test --locked --bins
@@ -56,7 +61,10 @@ e2e-trixie: deb
 
 test: deps check-fmt unit integration lint-deb e2e
 
-demo: deps deb
+# The demo needs the Debian packages only, not the other PostgreSQL majors of `make pgversions`.
+demo:
+	.ci/install-deps
+	$(MAKE) deb
 	tests/e2e/demo.sh up
 
 demo-clean:

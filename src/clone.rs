@@ -198,26 +198,49 @@ pub fn write_passfile(config: &Config, password: &Password) -> Result<bool> {
     }
 }
 
-/// A passfile only this run uses, in a directory only postgres can enter, removed on drop.
-/// Preflight and the clone use it, so a failed or dry run leaves pgha's real passfile as it was.
+/// A passfile only this run uses (postgres, 0600), beside `replication.passfile` and removed on
+/// drop. Preflight and the clone use it, so a failed or dry run leaves pgha's real passfile as it
+/// was. Its name carries the pid, so copies left by a killed run are found and removed next time.
 pub struct PrivatePassfile {
-    _dir: tempfile::TempDir,
     pub path: PathBuf,
 }
 
 impl PrivatePassfile {
     pub fn new(config: &Config, password: &Password) -> Result<PrivatePassfile> {
         let postgres = postgres_account()?;
-        let dir = tempfile::Builder::new().prefix("pgha-passfile-").tempdir().context("cannot make a temporary dir")?;
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))?;
-        std::os::unix::fs::chown(dir.path(), Some(postgres.uid), Some(postgres.gid))?;
-        let path = dir.path().join("pgpass");
+        let real = &config.replication.passfile;
+        let dir = real.parent().context("replication.passfile has no directory")?;
+        let prefix =
+            format!(".{}.pgha-run-", real.file_name().context("replication.passfile has no name")?.to_string_lossy());
+        remove_stale_private_passfiles(dir, &prefix);
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let number = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{prefix}{}-{number}", std::process::id()));
         write_atomic(
             &path,
             passfile_content(config, password).as_bytes(),
             Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o600 },
         )?;
-        Ok(PrivatePassfile { _dir: dir, path })
+        Ok(PrivatePassfile { path })
+    }
+}
+
+impl Drop for PrivatePassfile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn remove_stale_private_passfiles(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid =
+            name.strip_prefix(prefix).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -340,10 +363,11 @@ fn login_failure(context: &StandbyContext, what: &str, error: anyhow::Error) -> 
     anyhow!("preflight: {what}: {hint}\n({})", text.trim())
 }
 
-/// Every check of issue 3's preflight that needs the primary. Changes nothing anywhere.
-pub fn preflight(context: &StandbyContext, passfile: &Path) -> Result<PrimaryFacts> {
+/// The first preflight checks: the primary answers on TCP and accepts a replication login.
+/// Returns its system identifier (IDENTIFY_SYSTEM), which decides whether this host already
+/// is its standby. Changes nothing anywhere.
+pub fn identify_primary(context: &StandbyContext, passfile: &Path) -> Result<String> {
     let config = context.config;
-    let cluster = context.cluster;
     let socket = SocketAddr::new(config.primary.address, config.primary.port);
     TcpStream::connect_timeout(&socket, Duration::from_secs(5)).map_err(|error| {
         anyhow!(
@@ -351,16 +375,21 @@ pub fn preflight(context: &StandbyContext, passfile: &Path) -> Result<PrimaryFac
              listens on that address (`pgha primary` sets listen_addresses) and that no firewall blocks the port"
         )
     })?;
-    let sslmode = preflight_sslmode(config);
-
-    let identify = query(&context.replication(passfile, sslmode), "IDENTIFY_SYSTEM")
+    let identify = query(&context.replication(passfile, preflight_sslmode(config)), "IDENTIFY_SYSTEM")
         .map_err(|error| login_failure(context, "replication login (IDENTIFY_SYSTEM) failed", error))?;
-    let system_identifier = identify
+    identify
         .first()
         .and_then(|row| row.first())
         .cloned()
-        .with_context(|| format!("IDENTIFY_SYSTEM returned {identify:?}"))?;
+        .with_context(|| format!("IDENTIFY_SYSTEM returned {identify:?}"))
+}
 
+/// The rest of issue 3's preflight, for a clone: version, platform, wal_level, walsenders, slot,
+/// free space. Changes nothing anywhere.
+pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: String) -> Result<PrimaryFacts> {
+    let config = context.config;
+    let cluster = context.cluster;
+    let sslmode = preflight_sslmode(config);
     let remote = context.remote(passfile, sslmode);
     let rows = query(
         &remote,
@@ -585,10 +614,9 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
         }
         let postgres = postgres_account()?;
         crate::apply::create_dir(&staging, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o700 })?;
+        // Preflight saw no slot of this name, so whatever exists after a failure is this clone's.
+        created_slot |= slot_plan == SlotPlan::Create;
         run_basebackup(context, &passfile.path, sslmode, &staging, slot_plan)?;
-        if slot_plan == SlotPlan::Create && cluster.version.basebackup_can_create_slot() {
-            created_slot = true;
-        }
         configure_staging(context, primary, &staging)?;
         Ok(dir_size(&staging))
     })();
@@ -626,8 +654,10 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
 
     notify_status("starting the standby");
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.config.primary.address);
-    let came_up =
-        invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| wait_for_streaming(context, timeout));
+    let came_up = invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| {
+        log::info!("cluster {} is up; waiting for it to stream", cluster.id());
+        wait_for_streaming(context, timeout)
+    });
     if let Err(error) = came_up {
         eprintln!("{}", log_tail(cluster, 30));
         let undo = undo_after_swap(context, &remote, old.as_deref(), transaction, created_slot, was_running);
@@ -863,6 +893,15 @@ fn write_config_files(
     transaction: &mut Transaction,
 ) -> Result<()> {
     let controldata = parse_controldata(&invoke_pg_controldata(context.cluster.version, staging)?);
+    // A primary replaced at the same address between preflight and clone would pass unnoticed otherwise.
+    let cloned = controldata.get("Database system identifier").map(String::as_str).unwrap_or("");
+    if cloned != primary.system_identifier {
+        bail!(
+            "the clone has system identifier {cloned:?} but preflight identified the primary as {}: \
+             was the primary replaced meanwhile?",
+            primary.system_identifier
+        );
+    }
     let settings = controldata_settings(&controldata, primary.max_wal_senders)?;
     let config = standby_config(context.config, Some(&settings));
     let facts = standby_facts(context, primary, Some(settings));
@@ -917,6 +956,7 @@ fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result<()>
             bail!("the new copy came up as a primary, not in recovery");
         }
         if wal_receiver_streaming(context).unwrap_or(false) {
+            log::info!("cluster {} streams from {}", context.cluster.id(), context.config.primary.address);
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -933,11 +973,13 @@ fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result<()>
 fn drop_slot_if_created(context: &StandbyContext, remote: &Target, created: bool) -> Result<()> {
     match context.slot_name() {
         Some(name) if created => {
+            let literal = sql_literal(&name);
+            // The killed client's walsender lets go of the slot only once it notices.
+            wait_slot_inactive(remote, &literal)?;
             query(
                 remote,
                 &format!(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {} AND NOT active",
-                    sql_literal(&name)
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {literal}"
                 ),
             )?;
             log::info!("dropped replication slot {name}, which this failed clone created");

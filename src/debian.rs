@@ -42,30 +42,44 @@ pub fn invoke_pg_lsclusters() -> Result<String> {
 
 /// Parses `pg_lsclusters -h`: "Ver Cluster Port Status Owner Data-directory Log-file".
 /// The log column reads `<unknown>` or is absent when the cluster logs elsewhere.
+/// A line pgha cannot use (a cluster being created or dropped right now shows `<unknown>` port
+/// and data directory; an unsupported version) is skipped with a warning: another cluster on the
+/// host must not stop pgha from working on the configured one. (Kept fallible for its callers.)
 pub fn parse_pg_lsclusters(output: &str) -> Result<Vec<Cluster>> {
-    let mut clusters = Vec::new();
-    for line in output.lines().filter(|line| !line.trim().is_empty()) {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 6 {
-            anyhow::bail!("unexpected pg_lsclusters line {line:?}");
-        }
-        let version: PgVersion =
-            fields[0].parse().map_err(|error: String| anyhow::anyhow!("pg_lsclusters: {error}"))?;
-        let port = fields[2].parse().with_context(|| format!("pg_lsclusters: bad port in {line:?}"))?;
-        let status = fields[3];
-        let log_file = fields.get(6).filter(|log| log.starts_with('/')).map(PathBuf::from);
-        clusters.push(Cluster {
-            version,
-            name: fields[1].to_string(),
-            port,
-            online: status.starts_with("online"),
-            in_recovery: status.contains("recovery"),
-            owner: fields[4].to_string(),
-            data_dir: PathBuf::from(fields[5]),
-            log_file,
-        });
+    Ok(output
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .filter_map(|line| match parse_pg_lsclusters_line(line) {
+            Ok(cluster) => Some(cluster),
+            Err(error) => {
+                log::warn!("ignoring pg_lsclusters line {line:?}: {error:#}");
+                None
+            }
+        })
+        .collect())
+}
+
+fn parse_pg_lsclusters_line(line: &str) -> Result<Cluster> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.len() < 6 {
+        anyhow::bail!("expected at least 6 columns");
     }
-    Ok(clusters)
+    let version: PgVersion = fields[0].parse().map_err(|error: String| anyhow::anyhow!(error))?;
+    let port = fields[2].parse().with_context(|| format!("bad port {:?}", fields[2]))?;
+    if !fields[5].starts_with('/') {
+        anyhow::bail!("no data directory");
+    }
+    let status = fields[3];
+    Ok(Cluster {
+        version,
+        name: fields[1].to_string(),
+        port,
+        online: status.starts_with("online"),
+        in_recovery: status.contains("recovery"),
+        owner: fields[4].to_string(),
+        data_dir: PathBuf::from(fields[5]),
+        log_file: fields.get(6).filter(|log| log.starts_with('/')).map(PathBuf::from),
+    })
 }
 
 pub fn list_clusters() -> Result<Vec<Cluster>> {
@@ -200,6 +214,17 @@ mod tests {
         assert_eq!(clusters[1].version, PgVersion::new(9, 6));
         assert!(clusters[1].online && !clusters[1].in_recovery);
         assert_eq!(clusters[1].log_file, None);
+    }
+
+    #[test]
+    fn skips_clusters_it_cannot_use_and_keeps_the_rest() {
+        // Real output while another cluster was half created: its config dir exists, nothing else.
+        let clusters =
+            parse_pg_lsclusters(include_str!("../tests/data/pg_lsclusters-bookworm-half-created.txt")).unwrap();
+        assert_eq!(clusters.iter().map(Cluster::id).collect::<Vec<_>>(), ["15/main"]);
+        let unsupported =
+            parse_pg_lsclusters("9.4 old 5433 down postgres /var/lib/postgresql/9.4/old <unknown>\n").unwrap();
+        assert!(unsupported.is_empty());
     }
 
     fn cluster(version: u32, name: &str) -> Cluster {

@@ -3,6 +3,7 @@
 //! SQL travels on psql's stdin, never in argv, so nothing pgha sends shows in `ps`.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -38,9 +39,35 @@ impl Target {
     }
 }
 
+/// Where Debian installs each version's programs, in a directory named after the version.
+const CLIENT_ROOT: &str = "/usr/lib/postgresql";
+
+/// The newest psql under `root`, run directly rather than through Debian's pg_wrapper
+/// (/usr/bin/psql): pg_wrapper, given no -h/-p, inspects every cluster on the host to choose a
+/// default and aborts ("Invalid data directory for cluster ...") while any one of them is being
+/// created or dropped, although pgha's conninfo always names host and port. The newest psql is
+/// what pg_wrapper would run too; it talks to every server version pgha supports.
+pub fn psql_program(root: &Path) -> PathBuf {
+    let version_key = |name: &str| -> Option<(u32, u32)> {
+        let (major, minor) = name.split_once('.').unwrap_or((name, "0"));
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    };
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let key = version_key(&entry.file_name().to_string_lossy())?;
+            let program = entry.path().join("bin/psql");
+            program.is_file().then_some((key, program))
+        })
+        .max()
+        .map_or_else(|| PathBuf::from("psql"), |(_, program)| program)
+}
+
 /// Runs SQL through psql as the postgres user and returns its raw unaligned output.
 pub fn invoke_psql(target: &Target, sql: &str) -> Result<String> {
-    let mut command = postgres_command("psql")?;
+    let mut command = postgres_command(&psql_program(Path::new(CLIENT_ROOT)).to_string_lossy())?;
     command
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
         .arg(format!("--field-separator={FIELD_SEPARATOR}"))
@@ -158,6 +185,18 @@ mod tests {
         assert!(parse_rows("").is_empty());
         // Saved from psql 15: two rows of (1, 2) with -A -t and these separators.
         assert_eq!(parse_rows("1\u{1f}2\u{1e}1\u{1f}2\n"), vec![vec!["1", "2"], vec!["1", "2"]]);
+    }
+
+    #[test]
+    fn picks_the_newest_psql_by_version_number() {
+        let root = tempfile::tempdir().unwrap();
+        for version in ["9.6", "15", "17", "100-not-a-version"] {
+            std::fs::create_dir_all(root.path().join(version).join("bin")).unwrap();
+            std::fs::write(root.path().join(version).join("bin/psql"), "").unwrap();
+        }
+        std::fs::create_dir_all(root.path().join("18/bin")).unwrap(); // a server without psql
+        assert_eq!(psql_program(root.path()), root.path().join("17/bin/psql"));
+        assert_eq!(psql_program(&root.path().join("missing")), PathBuf::from("psql"));
     }
 
     #[test]

@@ -8,7 +8,8 @@ use anyhow::{anyhow, Result};
 use clap::Args;
 
 use crate::clone::{
-    clone_standby, old_path, preflight, staging_path, wait_streaming_from_primary, PrivatePassfile, StandbyContext,
+    clone_standby, identify_primary, old_path, preflight, staging_path, wait_streaming_from_primary, PrivatePassfile,
+    StandbyContext,
 };
 use crate::error::EXIT_OK;
 
@@ -47,15 +48,13 @@ impl StandbyArgs {
         })?;
         let context = StandbyContext { config: &config, cluster: &cluster, password: &password, own_address };
         let passfile = PrivatePassfile::new(&config, &password)?;
-        let primary = preflight(&context, &passfile.path)?;
-
-        if !self.force_reclone && wait_streaming_from_primary(&context, &primary.system_identifier, RECONNECT_PATIENCE)?
-        {
+        let system_identifier = identify_primary(&context, &passfile.path)?;
+        // Before the checks a clone needs (free space, walsenders): a healthy standby must pass at boot.
+        if !self.force_reclone && wait_streaming_from_primary(&context, &system_identifier, RECONNECT_PATIENCE)? {
             log::info!(
-                "cluster {} already streams from {} (system identifier {}): nothing to do",
+                "cluster {} already streams from {} (system identifier {system_identifier}): nothing to do",
                 cluster.id(),
-                config.primary.address,
-                primary.system_identifier
+                config.primary.address
             );
             let summary =
                 format!("nothing to do: cluster {} already streams from {}", cluster.id(), config.primary.address);
@@ -64,6 +63,7 @@ impl StandbyArgs {
             return Ok(EXIT_OK);
         }
 
+        let primary = preflight(&context, &passfile.path, system_identifier)?;
         let timeout = self.timeout.unwrap_or(config.standby.streaming_timeout);
         if self.dry_run {
             let size = primary.database_bytes.map_or("unknown size".to_string(), |b| format!("{} MB", b >> 20));

@@ -136,6 +136,44 @@ pub fn host_pair() -> HostPair {
     HostPair { a: Netns { name: a }, b: Netns { name: b }, a_ip, b_ip }
 }
 
+/// A libpq passfile (mode 0600) for the replicator role at `host:port`.
+pub fn write_passfile(path: &Path, host: &str, port: u16, user: &str, password: &str) {
+    let escape = |text: &str| text.replace('\\', "\\\\").replace(':', "\\:");
+    fs::write(path, format!("{host}:{port}:*:{}:{}\n", escape(user), escape(password))).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// IDENTIFY_SYSTEM over a replication connection from `client` to `host:port`, authenticated
+/// through a passfile (written into `scratch`) as a standby's would be, over TLS.
+pub fn identify_system(
+    client: &Netns,
+    host: &str,
+    port: u16,
+    user: &str,
+    scratch: &Path,
+    password: &str,
+) -> Result<String, String> {
+    let passfile = scratch.join("client.pgpass");
+    write_passfile(&passfile, host, port, user, password);
+    let conninfo = format!(
+        "host={host} port={port} user='{}' passfile={} replication=true sslmode=require connect_timeout=5",
+        user.replace('\\', "\\\\").replace('\'', "\\'"),
+        passfile.display()
+    );
+    let output = run(client
+        .exec("psql")
+        // -h/-p repeat the conninfo's values so that pg_wrapper does not scan every cluster on the
+        // host for a default, which fails while a parallel test creates or drops one.
+        .args(["-X", "-A", "-t", "-h", host, "-p", &port.to_string(), "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin"));
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
 /// A Debian cluster created by the test with pg_createcluster, dropped (data and all) at the end.
 pub struct TestCluster {
     pub version: String,
@@ -148,12 +186,9 @@ impl TestCluster {
     pub fn create(version: &str, netns: Option<&str>) -> TestCluster {
         let name = format!("pgha_t{}_{}", std::process::id(), unique());
         let port = free_port();
-        run_ok(
-            Command::new("pg_createcluster")
-                .args([version, &name, "-p", &port.to_string()])
-                .arg("--")
-                .arg("--auth-local=peer"),
-        );
+        // No initdb auth options: with any, pg_createcluster leaves pg_hba.conf to initdb, which
+        // trusts every loopback TCP connection instead of Debian's peer/md5/scram-sha-256 lines.
+        run_ok(Command::new("pg_createcluster").args([version, &name, "-p", &port.to_string()]));
         TestCluster { version: version.into(), name, port, netns: netns.map(str::to_string) }
     }
 

@@ -8,3 +8,4 @@ mod cli;
 mod golden;
 mod primary;
 mod standby;
+mod versions;

