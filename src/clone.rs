@@ -312,7 +312,8 @@ fn mib(bytes: u64) -> u64 {
     bytes / (1024 * 1024)
 }
 
-fn notify_status(status: &str) {
+/// Progress for `systemctl status`; the last one sent stays visible after the unit finished.
+pub fn notify_status(status: &str) {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(status)]);
 }
 

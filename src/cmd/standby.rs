@@ -56,7 +56,10 @@ impl StandbyArgs {
                 cluster.id(),
                 config.primary.address
             );
-            println!("nothing to do: cluster {} already streams from {}", cluster.id(), config.primary.address);
+            let summary =
+                format!("nothing to do: cluster {} already streams from {}", cluster.id(), config.primary.address);
+            crate::clone::notify_status(&summary);
+            println!("{summary}");
             return Ok(EXIT_OK);
         }
 
@@ -85,13 +88,15 @@ impl StandbyArgs {
         }
 
         let report = clone_standby(&context, &primary, timeout)?;
-        println!(
+        let summary = format!(
             "cluster {} streams from {} ({} MB cloned in {:.1}s)",
             cluster.id(),
             config.primary.address,
             report.cloned_bytes >> 20,
             report.elapsed.as_secs_f64()
         );
+        crate::clone::notify_status(&summary);
+        println!("{summary}");
         if let Some((path, bytes)) = &report.old_data_dir {
             println!(
                 "the previous data directory is kept at {} ({} MB); delete it when no longer needed",

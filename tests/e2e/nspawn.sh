@@ -1,0 +1,275 @@
+#!/bin/bash
+# End-to-end test through the user's path, on two real Debian hosts (systemd-nspawn, systemd as
+# PID 1) on a private bridge: preseed, `apt install ./pgha.deb`, `systemctl start pgha-primary`
+# and `pgha-standby`, replication proven as the seed procedure verifies it, host restarts,
+# dpkg-reconfigure, purge. Usage: nspawn.sh [bookworm|trixie] [PATH/TO/pgha.deb]
+# Prints "N passed, M failed" last; exits 1 when anything failed.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+
+[ "$(id -u)" = 0 ] || die "run as root (containers, overlays, bridges)"
+dist=${1:-bookworm}
+deb=$(realpath "${2:-$here/../../pgha.deb}")
+[ -f "$deb" ] || die "$deb missing: run make deb"
+pg=$(pg_version_of "$dist")
+case "$dist" in bookworm) net=10.231.11 ;; trixie) net=10.231.12 ;; esac
+primary=pghae-${dist:0:4}-p
+standby=pghae-${dist:0:4}-s
+bridge=pghae-${dist:0:4}
+primary_ip=$net.1
+standby_ip=$net.2
+datadir=/var/lib/postgresql/$pg/main
+started=$(date +%s)
+# Two runs for one distribution would share host names and the bridge: the second one waits.
+mkdir -p "$STATE"
+exec 8>"$STATE/e2e-$dist.lock"
+flock 8
+
+passed=0
+failed=0
+pass() { passed=$((passed + 1)); printf 'PASS %s\n' "$*"; }
+fail() { failed=$((failed + 1)); printf 'FAIL %s\n' "$*"; }
+# check DESCRIPTION COMMAND...: passes when COMMAND succeeds; shows its output when it fails.
+check() {
+    local description=$1 output
+    shift
+    if output=$("$@" 2>&1); then pass "$description"; else fail "$description"; printf '%s\n' "$output" | tail -20 | sed 's/^/    /'; fi
+}
+# Polls COMMAND until it succeeds (at most SECONDS): replication is asynchronous.
+eventually() {
+    local seconds=$1 i
+    shift
+    for i in $(seq "$((seconds * 2))"); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    "$@"
+}
+
+# "ActiveState/SubState/Result" of UNIT in HOST (systemctl show prints properties in its own order).
+unit_state() {
+    local host=$1 unit=$2 property
+    for property in ActiveState SubState Result; do
+        in_host "$host" systemctl show -P "$property" "$unit"
+    done | paste -sd/
+}
+
+cleanup() {
+    if [ -n "${PGHA_E2E_KEEP:-}" ] && [ "${1:-}" = exit ]; then
+        log "PGHA_E2E_KEEP is set: hosts $primary and $standby keep running (make demo-clean does not remove them; run this test again)"
+        return
+    fi
+    host_destroy "$primary"
+    host_destroy "$standby"
+    bridge_down "$bridge"
+}
+trap 'cleanup exit' EXIT
+trap 'exit 130' INT TERM
+cleanup
+
+echo "== e2e $dist (PostgreSQL $pg): $deb"
+base=$(base_image "$dist" "$deb") || exit 1
+bridge_up "$bridge"
+host_create "$primary" "$primary_ip" "$base"
+host_create "$standby" "$standby_ip" "$base"
+host_boot "$primary" "$bridge" & boot_p=$!
+host_boot "$standby" "$bridge" & boot_s=$!
+wait $boot_p || die "primary did not boot"
+wait $boot_s || die "standby did not boot"
+# host_boot ran in subshells: the pid files are what the rest reads.
+host_prepare "$primary" "$pg" "$deb"
+host_prepare "$standby" "$pg" "$deb"
+
+password="e2e-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+answers() { # ROLE [STANDBYS]
+    cat <<ANSWERS
+pgha pgha/role select $1
+pgha pgha/primary_address string $primary_ip
+pgha pgha/standby_addresses string ${2:-$standby_ip}
+pgha pgha/replication_user string replicator
+pgha pgha/replication_password password $password
+pgha pgha/archive_directory string /var/backups/pgsql/archive
+ANSWERS
+}
+
+echo "-- install with preseeded answers"
+answers primary | preseed "$primary"
+answers standby | preseed "$standby"
+check "apt install ./pgha.deb on the primary" apt_install_pgha "$primary"
+check "apt install ./pgha.deb on the standby" apt_install_pgha "$standby"
+for host in "$primary" "$standby"; do
+    check "$host: pgha.conf names both addresses" in_host "$host" grep -q "addresses = \[\"$standby_ip\"\]" /etc/pgha/pgha.conf
+    check "$host: password file is mode 0600 root" test "$(in_host "$host" stat -c %a:%U /etc/pgha/replication.password)" = 600:root
+    check "$host: password cleared from the debconf database" \
+        bash -c "! grep -rqF -- '$password' '$(host_dir "$host")/root/var/cache/debconf/'"
+    check "$host: installing started nothing" \
+        test "$(in_host "$host" systemctl is-active pgha-primary pgha-standby | sort -u)" = inactive
+    check "$host: installing enabled no pgha service" \
+        test "$(in_host "$host" systemctl is-enabled pgha-primary pgha-standby | sort -u)" = disabled
+    check "$host: the prune timer is enabled" in_host "$host" systemctl is-enabled -q pgha-prune-archive.timer
+    check "$host: systemd-analyze verify is clean" \
+        bash -c "out=\$(nsenter -t $(cat "$(host_dir "$host")/leader.pid") -a -- systemd-analyze verify \
+            /lib/systemd/system/pgha-primary.service /lib/systemd/system/pgha-standby.service \
+            /lib/systemd/system/pgha-prune-archive.service /lib/systemd/system/pgha-prune-archive.timer 2>&1); \
+            echo \"\$out\"; [ -z \"\$out\" ]"
+    check "$host: man pages pgha(8) and pgha.conf(5) installed" \
+        in_host "$host" test -f /usr/share/man/man8/pgha.8.gz -a -f /usr/share/man/man5/pgha.conf.5.gz
+    check "$host: bash completion installed" in_host "$host" test -f /usr/share/bash-completion/completions/pgha
+done
+# The package's autopkgtest scripts (debian/tests), run on an installed host.
+cp -r "$here/../../debian/tests" "$(host_dir "$primary")/root/root/autopkgtest"
+for script in $(sed -n 's/^Tests: //p' "$here/../../debian/tests/control"); do
+    check "autopkgtest $script" in_host "$primary" sh -c "cd /tmp && /root/autopkgtest/$script"
+done
+for unit in pgha-primary pgha-standby; do
+    in_host "$primary" systemd-analyze security --no-pager "$unit.service" 2>/dev/null | tail -1 | sed "s/^/$unit: /"
+done
+
+echo "-- systemctl start pgha-primary / pgha-standby"
+check "systemctl start pgha-primary" in_host "$primary" systemctl start pgha-primary
+check "pgha-primary is active (exited)" test "$(unit_state "$primary" pgha-primary)" = active/exited/success
+check "systemctl start pgha-standby" in_host "$standby" systemctl start pgha-standby
+check "pgha-standby is active (exited)" test "$(unit_state "$standby" pgha-standby)" = active/exited/success
+in_host "$standby" systemctl status --no-pager -n 0 pgha-standby | sed 's/^/    /'
+check "systemctl status pgha-standby shows the final state (STATUS=)" \
+    grep -q "streams from $primary_ip" <<<"$(in_host "$standby" systemctl show -P StatusText pgha-standby)"
+
+echo "-- replication, verified the way the seed procedure does it"
+psql_in "$primary" -c "CREATE DATABASE pghatest" >/dev/null
+psql_in "$primary" -d pghatest >/dev/null <<'SQL'
+CREATE TABLE fruit (id int PRIMARY KEY, name text NOT NULL);
+INSERT INTO fruit VALUES (1, 'apple'), (2, 'pear'), (3, 'plum');
+UPDATE fruit SET name = 'quince' WHERE id = 2;
+SQL
+renamed_on_standby() { [ "$(psql_in "$standby" -d pghatest -c "SELECT name FROM fruit WHERE id = 2")" = quince ]; }
+check "the renamed row is visible on the standby" eventually 60 renamed_on_standby
+check "all rows arrived on the standby" test "$(psql_in "$standby" -d pghatest -c "SELECT count(*) FROM fruit")" = 3
+check "the standby is in recovery" test "$(psql_in "$standby" -c "SELECT pg_is_in_recovery()")" = t
+check "the standby refuses writes" bash -c "! nsenter -t $(cat "$(host_dir "$standby")/leader.pid") -a -- \
+    runuser -u postgres -- psql -X -d pghatest -c \"INSERT INTO fruit VALUES (9, 'x')\" 2>/dev/null"
+streaming_to_standby() {
+    [ "$(psql_in "$primary" -c "SELECT state FROM pg_stat_replication WHERE client_addr = '$standby_ip'")" = streaming ]
+}
+check "the primary streams to the standby (pg_stat_replication)" eventually 30 streaming_to_standby
+
+if in_host "$standby" pgha status --help >/dev/null 2>&1; then
+    for host in "$primary" "$standby"; do
+        status_output=$(in_host "$host" pgha status 2>&1)
+        check "$host: pgha status says OK (exit 0)" test $? -eq 0
+        printf '%s\n' "$status_output" | head -8 | sed 's/^/    /'
+    done
+else
+    echo "(this pgha has no status command yet: skipped pgha status)"
+fi
+
+echo "-- journal"
+for pair in "$primary:pgha-primary" "$standby:pgha-standby"; do
+    host=${pair%%:*}
+    unit=${pair#*:}
+    journal=$(in_host "$host" journalctl -u "$unit" -o cat --no-pager)
+    steps=$(in_host "$host" journalctl -u "$unit" SYSLOG_IDENTIFIER=pgha -p info -o cat --no-pager | wc -l)
+    check "journalctl -u $unit shows pgha's steps ($steps lines at info or above)" test "$steps" -ge 2
+    errors=$(in_host "$host" journalctl -u "$unit" SYSLOG_IDENTIFIER=pgha -p err -o cat --no-pager)
+    check "journalctl -u $unit: a successful run logs nothing at err or above" test -z "$errors"
+    printf '%s\n' "$journal" | tail -8 | sed 's/^/    /'
+done
+check "pgha-prune-archive.service runs under its hardening" in_host "$primary" systemctl start pgha-prune-archive.service
+in_host "$primary" journalctl -u pgha-prune-archive -o cat --no-pager | grep -v '^Start\|^Finish' | sed 's/^/    /'
+
+for host in "$primary" "$standby"; do
+    check "$host: the password is in no journal entry" \
+        bash -c "! nsenter -t $(cat "$(host_dir "$host")/leader.pid") -a -- journalctl -o export --no-pager | grep -aqF -- '$password'"
+    check "$host: the password is in no PostgreSQL config or log" \
+        bash -c "! grep -rqF -- '$password' '$(host_dir "$host")/root/etc/postgresql' '$(host_dir "$host")/root/var/log/postgresql' \
+            '$(host_dir "$host")/root$datadir/postgresql.auto.conf'"
+done
+check "the password reaches the standby's PostgreSQL only through its passfile" \
+    bash -c "in_conninfo=\$(nsenter -t $(cat "$(host_dir "$standby")/leader.pid") -a -- runuser -u postgres -- psql -X -A -t -c 'SHOW primary_conninfo'); \
+        echo \"\$in_conninfo\"; [[ \$in_conninfo == *passfile=* && \$in_conninfo != *password=* ]]"
+
+echo "-- restart the standby host: it streams again, without a re-clone"
+in_host "$standby" systemctl enable -q pgha-standby
+marker=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
+in_host "$standby" sh -c "echo $marker > $datadir/pgha-e2e-marker"
+inode_before=$(in_host "$standby" stat -c %i "$datadir")
+listing_before=$(in_host "$standby" ls -a "/var/lib/postgresql/$pg")
+host_stop "$standby"
+host_boot "$standby" "$bridge"
+receiver_streaming() { [ "$(psql_in "$standby" -c "SELECT status FROM pg_stat_wal_receiver")" = streaming ]; }
+check "after the restart the standby streams (pg_stat_wal_receiver)" eventually 60 receiver_streaming
+check "pgha-standby ran at boot and succeeded (active (exited))" \
+    test "$(unit_state "$standby" pgha-standby)" = active/exited/success
+check "systemctl status pgha-standby after boot says it already streams" \
+    grep -q "already streams from $primary_ip" <<<"$(in_host "$standby" systemctl show -P StatusText pgha-standby)"
+check "no re-clone: same data directory (inode), marker file still there" \
+    test "$(in_host "$standby" stat -c %i "$datadir"):$(in_host "$standby" cat "$datadir/pgha-e2e-marker")" = "$inode_before:$marker"
+check "no re-clone: nothing new moved aside in /var/lib/postgresql/$pg" \
+    test "$(in_host "$standby" ls -a "/var/lib/postgresql/$pg")" = "$listing_before"
+in_host "$standby" journalctl -b -u pgha-standby -o cat --no-pager | tail -4 | sed 's/^/    boot: /'
+
+echo "-- restart the primary host: the standby reconnects and catches up"
+in_host "$primary" systemctl enable -q pgha-primary
+host_stop "$primary"
+host_boot "$primary" "$bridge"
+check "pgha-primary ran at boot and succeeded" \
+    test "$(unit_state "$primary" pgha-primary)" = active/exited/success
+psql_in "$primary" -d pghatest -c "INSERT INTO fruit VALUES (4, 'fig'); UPDATE fruit SET name = 'damson' WHERE id = 3" >/dev/null
+caught_up() { [ "$(psql_in "$standby" -d pghatest -c "SELECT string_agg(name, ',' ORDER BY id) FROM fruit")" = apple,quince,damson,fig ]; }
+check "the standby caught up with writes made after the primary's restart" eventually 90 caught_up
+check "the standby streams from the restarted primary" eventually 30 streaming_to_standby
+
+echo "-- upgrade keeps a hand-edited pgha.conf; dpkg-reconfigure rewrites it"
+in_host "$standby" sed -i 's/^keep = .*/keep = "14d"  # edited by hand/' /etc/pgha/pgha.conf
+check "reinstalling the package (an upgrade's path) succeeds" \
+    in_host "$standby" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall /root/pgha.deb
+check "the hand edit survived the reinstall" in_host "$standby" grep -q 'edited by hand' /etc/pgha/pgha.conf
+in_host "$standby" sed -i 's/^keep = .*/keep = "7d"/' /etc/pgha/pgha.conf
+password_file_before=$(in_host "$standby" sha256sum /etc/pgha/replication.password)
+printf 'pgha pgha/primary_address string not-an-address\n' | preseed "$standby"
+config_before=$(in_host "$standby" sha256sum /etc/pgha/pgha.conf)
+reconfigure_output=$(in_host "$standby" env DEBIAN_FRONTEND=noninteractive dpkg-reconfigure pgha 2>&1)
+reconfigure_status=$?
+check "dpkg-reconfigure with a bad preseeded address fails" test "$reconfigure_status" -ne 0
+check "... naming the question and the bad value" grep -q 'pgha/primary_address.*not-an-address' <<<"$reconfigure_output"
+check "... and leaves pgha.conf as it was" test "$(in_host "$standby" sha256sum /etc/pgha/pgha.conf)" = "$config_before"
+printf '%s\n' "$reconfigure_output" | grep pgha: | head -3 | sed 's/^/    /'
+printf 'pgha pgha/primary_address string %s\npgha pgha/standby_addresses string %s, %s.9\npgha pgha/archive_directory string /var/backups/pgsql/wal\n' \
+    "$primary_ip" "$standby_ip" "$net" | preseed "$standby"
+check "dpkg-reconfigure with new answers succeeds" in_host "$standby" env DEBIAN_FRONTEND=noninteractive dpkg-reconfigure pgha
+check "it rewrote pgha.conf with the new answers" \
+    bash -c "grep -q 'addresses = \[\"$standby_ip\", \"$net.9\"\]' '$(host_dir "$standby")/root/etc/pgha/pgha.conf' && \
+        grep -q '^directory = \"/var/backups/pgsql/wal\"' '$(host_dir "$standby")/root/etc/pgha/pgha.conf'"
+check "an empty password kept the stored one" \
+    test "$(in_host "$standby" sha256sum /etc/pgha/replication.password)" = "$password_file_before"
+
+# Interactive, through debconf's readline frontend with typed answers: a bad address gets an
+# error screen and the question again. Answers: role (2 = standby), primary, standbys, user,
+# password (empty: keep), archive, then the primary's address once more.
+typed=$(printf '2\nnot-an-ip\n%s, %s.9\nreplicator\n\n/var/backups/pgsql/wal\n%s\n' "$standby_ip" "$net" "$primary_ip")
+# script(1) gives dpkg-reconfigure the controlling terminal debconf's readline frontend insists on.
+# ($(...) dropped the final newline: the last answer needs one, or readline waits for Enter.)
+interactive_output=$(in_host "$standby" sh -c "printf '%s\\n' '$typed' | TERM=dumb timeout 60 script -qec 'dpkg-reconfigure -freadline pgha' /dev/null" 2>&1)
+interactive_status=$?
+check "interactive dpkg-reconfigure: a bad address is answered with an error screen" \
+    grep -q 'Invalid answer' <<<"$interactive_output"
+check "... then asked again, and the corrected answer is accepted" test "$interactive_status" -eq 0
+[ "$interactive_status" -eq 0 ] || printf '%s\n' "$interactive_output" | tail -15 | sed 's/^/    /'
+check "... and pgha.conf holds the corrected address" \
+    in_host "$standby" grep -q "^address = \"$primary_ip\"" /etc/pgha/pgha.conf
+
+echo "-- apt purge pgha leaves PostgreSQL data intact"
+identifier_before=$(in_host "$standby" runuser -u postgres -- /usr/lib/postgresql/$pg/bin/pg_controldata "$datadir" | grep 'system identifier')
+check "apt purge pgha" in_host "$standby" env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q pgha
+check "purge removed /etc/pgha" in_host "$standby" test ! -e /etc/pgha
+check "purge removed pgha's passfile" in_host "$standby" test ! -e /var/lib/postgresql/.pgha.pgpass
+check "purge removed pgha's debconf answers" bash -c "[ -z \"\$(nsenter -t $(cat "$(host_dir "$standby")/leader.pid") -a -- debconf-show pgha 2>/dev/null)\" ]"
+check "the cluster, its data and config are intact after purge" \
+    test "$(in_host "$standby" runuser -u postgres -- /usr/lib/postgresql/$pg/bin/pg_controldata "$datadir" | grep 'system identifier'):$(in_host "$standby" cat "$datadir/pgha-e2e-marker"):$(in_host "$standby" test -f /etc/postgresql/$pg/main/postgresql.conf && echo conf)" \
+    = "$identifier_before:$marker:conf"
+check "the standby still serves the replicated rows after purge" \
+    test "$(psql_in "$standby" -d pghatest -c "SELECT count(*) FROM fruit")" = 4
+
+echo "e2e $dist took $(($(date +%s) - started)) s"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
