@@ -2,12 +2,15 @@
 //! of the configured primary: pg_rewind when possible, the full safe clone of `pgha standby`
 //! otherwise.
 //!
-//! What is kept: pg_rewind rewrites the data directory in place, so instead of a full copy
-//! (which would cost as much as the re-clone it avoids) pgha keeps what the rewind throws away:
-//! the WAL this host wrote after the servers diverged, that is the transactions the new primary
-//! never received, in `<datadir>.pgha-fork-<timestamp>/` with pg_rewind's report. Inspect it
-//! with pg_waldump. When pgha falls back to a full clone, the whole old data directory is kept
-//! as `<datadir>.pgha-old-<timestamp>`, as `pgha standby` does.
+//! What is kept: pg_rewind rewrites the data directory in place, so before a rewind that changes
+//! anything pgha copies the whole data directory to `<datadir>.pgha-old-<timestamp>`, as
+//! `pgha standby` keeps the directory it replaces: nothing is lost, and a rewind that fails
+//! half-way cannot take the only copy with it. `--no-keep-copy` skips that copy for databases too
+//! large to copy; pgha then keeps only what the rewind throws away (the WAL this host wrote after
+//! the servers diverged, the transactions the new primary never received) in
+//! `<datadir>.pgha-fork-<timestamp>/` with pg_rewind's report; inspect it with pg_waldump.
+//! The fork is saved in both cases. When pgha falls back to a full clone, the whole old data
+//! directory is kept as `pgha standby` does.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -41,6 +44,11 @@ pub struct RejoinArgs {
     /// (the old data directory is kept)
     #[arg(long)]
     pub full_clone: bool,
+
+    /// Do not copy the data directory aside before pg_rewind; keep only the diverged WAL
+    /// (for databases too large to copy; see "What is kept" in pgha(8))
+    #[arg(long)]
+    pub no_keep_copy: bool,
 
     /// How long the rejoined standby gets to start streaming (default: standby.streaming_timeout)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -96,7 +104,7 @@ impl RejoinArgs {
             rewind_obstacle(&cluster, &primary)?
         };
         if why_not.is_none() {
-            match rewind(&context, &primary, &passfile.path, timeout) {
+            match rewind(&context, &primary, &passfile.path, timeout, !self.no_keep_copy) {
                 Ok(fork) => {
                     println!(
                         "cluster {} rejoined as a standby of {} with pg_rewind in {:.1}s",
@@ -285,6 +293,7 @@ fn rewind(
     primary: &PrimaryFacts,
     passfile: &Path,
     timeout: Duration,
+    keep_copy: bool,
 ) -> Result<Option<String>> {
     let cluster = context.cluster;
     shut_down_cleanly(context, primary)?;
@@ -320,6 +329,11 @@ fn rewind(
             context.config.primary.address,
             fork.display()
         ));
+        if keep_copy {
+            let copy = copy_aside(cluster)?;
+            fork_note = fork_note
+                .map(|note| format!("{note}; the whole data directory as it was is kept in {}", copy.display()));
+        }
         log::info!("running pg_rewind from {}", context.config.primary.address);
         let output = run_pg_rewind(cluster, &conninfo, false)?;
         fs::write(fork.join("pg_rewind.log"), &output)?;
@@ -340,6 +354,33 @@ fn rewind(
         .map_err(|error| anyhow::anyhow!("{error:#}\n{}", log_tail(cluster, 20)))?;
     drop_stale_slots(&context)?;
     Ok(fork_note)
+}
+
+/// Copies the cleanly shut-down data directory to `<datadir>.pgha-old-<ts>` before pg_rewind
+/// changes it, after checking it fits; refuses (leaving everything as it was) when it does not.
+fn copy_aside(cluster: &Cluster) -> Result<PathBuf> {
+    let copy = crate::clone::old_path(&cluster.data_dir, SystemTime::now());
+    let size = crate::clone::dir_size(&cluster.data_dir);
+    let parent = cluster.data_dir.parent().context("the data directory has no parent")?;
+    let stat = nix::sys::statvfs::statvfs(parent).with_context(|| format!("cannot statvfs {}", parent.display()))?;
+    let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    if available < crate::clone::space_needed(size) {
+        bail!(
+            "{} has {} MB free, too little to keep a copy of the {} MB data directory before pg_rewind changes it: \
+             free some space, or run `pgha rejoin --no-keep-copy` to keep only the diverged WAL",
+            parent.display(),
+            available >> 20,
+            size >> 20
+        );
+    }
+    log::info!("copying {} ({} MB) to {} before pg_rewind", cluster.data_dir.display(), size >> 20, copy.display());
+    let mut command = crate::host::root_command("cp");
+    command.arg("-a").arg("--reflink=auto").arg(&cluster.data_dir).arg(&copy);
+    if let Err(error) = crate::host::run_checked(&mut command, "cp -a") {
+        let _ = fs::remove_dir_all(&copy);
+        return Err(error);
+    }
+    Ok(copy)
 }
 
 /// The slots this host kept for its standbys while it was the primary: on a standby nothing uses

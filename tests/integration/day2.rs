@@ -102,7 +102,12 @@ fn schema_path() -> PathBuf {
 }
 
 fn fork_dirs(cluster: &TestCluster) -> Vec<PathBuf> {
-    let prefix = format!("{}.pgha-fork-", cluster.name);
+    dirs_with_suffix(cluster, ".pgha-fork-")
+}
+
+/// Directories pgha keeps beside the cluster's data directory, such as `<name>.pgha-old-<time>`.
+fn dirs_with_suffix(cluster: &TestCluster, suffix: &str) -> Vec<PathBuf> {
+    let prefix = format!("{}{suffix}", cluster.name);
     fs::read_dir(cluster.data_dir().parent().unwrap())
         .unwrap()
         .flatten()
@@ -237,6 +242,11 @@ fn failover_rewinds_the_old_primary_and_keeps_its_fork_aside() {
     let saved: Vec<String> =
         fs::read_dir(&forks[0]).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert!(saved.iter().any(|name| name.len() == 24), "WAL segments saved: {saved:?}");
+    // The whole data directory as it was before pg_rewind is kept too, with the fork's rows in it.
+    let copies = dirs_with_suffix(a, ".pgha-old-");
+    assert_eq!(copies.len(), 1, "a copy of the data directory is kept before the rewind: {copies:?}");
+    assert!(rejoined.stdout.contains(&copies[0].display().to_string()), "the copy is reported: {}", rejoined.stdout);
+    assert!(copies[0].join("global/pg_control").is_file() && copies[0].join("PG_VERSION").is_file());
 
     write(b, "4-after-rejoin", 20);
     a.wait_for("SELECT count(*) FROM stages", "150", WAIT);
