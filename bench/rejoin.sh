@@ -12,6 +12,7 @@
 # Prints both times, their ratio (target <= 0.1) and the promote time (target <= 1 s).
 #
 # Usage: sudo bench/rejoin.sh [SCALE]    (PGHA=path/to/pgha to use a given binary)
+#        REJOIN_FLAGS=--no-keep-copy measures the rewind without pgha's default copy of the data directory.
 # Everything it creates is removed on exit.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ SCALE=${1:-70}
 # [primary] wal_keep_size for the run: pg_rewind (before PostgreSQL 19) copies every WAL segment the new
 # primary keeps, so this bounds its copy. pgha's default is 1GB.
 WAL_KEEP=${WAL_KEEP:-1GB}
+REJOIN_FLAGS=${REJOIN_FLAGS:-}
 VERSION=15
 BIN=/usr/lib/postgresql/$VERSION/bin
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -117,7 +119,7 @@ sed "s/name = \"$B\"/name = \"$A\"/" "$WORK/b.conf" > "$WORK/a.conf"
 echo "== rejoin A with pg_rewind"
 t2=$(now)
 stamp() { local start=$1; while IFS= read -r line; do printf '%6.2f %s\n' "$(echo "$(now) - $start" | bc)" "$line"; done; }
-on_a "$PGHA" --config "$WORK/a.conf" rejoin 2>&1 | stamp "$t2" > "$WORK/rewind.log"
+on_a "$PGHA" --config "$WORK/a.conf" rejoin $REJOIN_FLAGS 2>&1 | stamp "$t2" > "$WORK/rewind.log"
 grep -v ' kB (' "$WORK/rewind.log" | sed 's/^/  /'
 t3=$(now)
 
@@ -132,7 +134,7 @@ clone_s=$(elapsed "$t4" "$t5")
 ratio=$(echo "scale=3; $rewind_s / $clone_s" | bc)
 promote_cmd_s=$(elapsed "$t0" "$t1")
 echo
-echo "== results (scale $SCALE, wal_keep_size $WAL_KEEP)"
+echo "== results (scale $SCALE, wal_keep_size $WAL_KEEP, rejoin flags: ${REJOIN_FLAGS:-none})"
 printf 'rejoin with pg_rewind : %6.2f s\n' "$rewind_s"
 printf 'rejoin by full clone  : %6.2f s\n' "$clone_s"
 printf 'ratio rewind/clone    : %6.3f   (target <= 0.1: %s)\n' "$ratio" "$( [ "$(echo "$ratio <= 0.1" | bc)" = 1 ] && echo met || echo MISSED)"
