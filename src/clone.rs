@@ -53,6 +53,19 @@ pub struct CloneReport {
     pub elapsed: Duration,
 }
 
+impl CloneReport {
+    /// Tells the admin where the replaced data directory is, because pgha never deletes it.
+    pub fn print_kept_data_dir(&self) {
+        if let Some((path, bytes)) = &self.old_data_dir {
+            println!(
+                "the previous data directory is kept at {} ({} MB); delete it when no longer needed",
+                path.display(),
+                bytes >> 20
+            );
+        }
+    }
+}
+
 /// One pg_basebackup `-P` progress line: "12345/67890 kB (18%), 0/1 tablespace (...)".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Progress {

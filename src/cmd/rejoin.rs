@@ -136,13 +136,7 @@ impl RejoinArgs {
             started.elapsed().as_secs_f64(),
             report.cloned_bytes >> 20
         );
-        if let Some((path, bytes)) = &report.old_data_dir {
-            println!(
-                "the previous data directory is kept at {} ({} MB); delete it when no longer needed",
-                path.display(),
-                bytes >> 20
-            );
-        }
+        report.print_kept_data_dir();
         Ok(EXIT_OK)
     }
 }

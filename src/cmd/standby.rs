@@ -97,13 +97,7 @@ impl StandbyArgs {
         );
         crate::clone::notify_status(&summary);
         println!("{summary}");
-        if let Some((path, bytes)) = &report.old_data_dir {
-            println!(
-                "the previous data directory is kept at {} ({} MB); delete it when no longer needed",
-                path.display(),
-                bytes >> 20
-            );
-        }
+        report.print_kept_data_dir();
         Ok(EXIT_OK)
     }
 }

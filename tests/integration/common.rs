@@ -341,3 +341,56 @@ pub fn config_text(cluster: &TestCluster, primary: &str, port: u16, standbys: &[
         archive_dir.display()
     )
 }
+
+/// Two hosts with their own clusters, the start of every cross-host test: A made the primary by
+/// `pgha primary`, B's cluster created but not started, each host with its own config file.
+pub struct TwoHosts {
+    pub hosts: HostPair,
+    pub a: TestCluster,
+    pub b: TestCluster,
+    pub config_a: TestConfig,
+    pub config_b: TestConfig,
+    _archive: tempfile::TempDir,
+}
+
+impl TwoHosts {
+    pub fn new(primary_version: &str, password: &str) -> Option<TwoHosts> {
+        if !require_root_and_postgres() {
+            return None;
+        }
+        let hosts = host_pair();
+        let a = TestCluster::create(primary_version, Some(&hosts.a.name));
+        let b = TestCluster::create("15", Some(&hosts.b.name));
+        a.start();
+        let archive = tempfile::tempdir().unwrap();
+        fs::set_permissions(archive.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let archive_dir = archive.path().join("archive");
+        let config_for = |cluster: &TestCluster| {
+            let text = config_text(cluster, &hosts.a_ip, a.port, &[&hosts.b_ip], &archive_dir)
+                // Each test gets its own passfile: the default one is shared by every cluster on this machine.
+                .replace("[replication]\n", "[replication]\npassfile = \"@PASSWORD_FILE@.pgpass\"\n");
+            TestConfig::new(&text, password)
+        };
+        let (config_a, config_b) = (config_for(&a), config_for(&b));
+        let two = TwoHosts { hosts, a, b, config_a, config_b, _archive: archive };
+        let out = two.run_a(&["primary"]);
+        assert_eq!(out.code, 0, "pgha primary failed: {}", out.stderr);
+        Some(two)
+    }
+
+    pub fn run_a(&self, args: &[&str]) -> PghaOutput {
+        pgha_output(pgha(Some(&self.hosts.a.name)).args(["--config", self.config_a.path_str()]).args(args))
+    }
+
+    /// B's config, with its own password file holding `password` instead.
+    pub fn config_b_with_password(&self, password: &str) -> TestConfig {
+        let text = fs::read_to_string(&self.config_b.path)
+            .unwrap()
+            .replace(&self.config_b.password_file.display().to_string(), "@PASSWORD_FILE@");
+        TestConfig::new(&text, password)
+    }
+
+    pub fn run_b(&self, args: &[&str]) -> PghaOutput {
+        pgha_output(pgha(Some(&self.hosts.b.name)).args(["--config", self.config_b.path_str()]).args(args))
+    }
+}

@@ -3,7 +3,6 @@
 //! standby (`pgha standby`).
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -13,52 +12,18 @@ use crate::common::*;
 const PASSWORD: &str = "d2-s3cret-'q'-\\x";
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Pair {
-    hosts: HostPair,
-    a: TestCluster,
-    b: TestCluster,
-    config_a: TestConfig,
-    config_b: TestConfig,
-    _archive: tempfile::TempDir,
-}
+type Pair = TwoHosts;
 
-fn config_for(cluster: &TestCluster, primary: &TestCluster, hosts: &HostPair, archive: &Path) -> TestConfig {
-    let text = config_text(cluster, &hosts.a_ip, primary.port, &[&hosts.b_ip], archive)
-        .replace("[replication]\n", "[replication]\npassfile = \"@PASSWORD_FILE@.pgpass\"\n");
-    TestConfig::new(&text, PASSWORD)
-}
-
+/// A streaming pair: A the primary, B its standby made by `pgha standby`.
 fn pair() -> Option<Pair> {
-    if !require_root_and_postgres() {
-        return None;
-    }
-    let hosts = host_pair();
-    let a = TestCluster::create("15", Some(&hosts.a.name));
-    let b = TestCluster::create("15", Some(&hosts.b.name));
-    a.start();
-    let archive = tempfile::tempdir().unwrap();
-    fs::set_permissions(archive.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let archive_dir = archive.path().join("archive");
-    let config_a = config_for(&a, &a, &hosts, &archive_dir);
-    let config_b = config_for(&b, &a, &hosts, &archive_dir);
-    let pair = Pair { hosts, a, b, config_a, config_b, _archive: archive };
-    let out = pair.run_a(&["primary"]);
-    assert_eq!(out.code, 0, "pgha primary failed: {}", out.stderr);
+    let pair = TwoHosts::new("15", PASSWORD)?;
     let out = pair.run_b(&["standby"]);
     assert_eq!(out.code, 0, "pgha standby failed: {}\n{}", out.stdout, out.stderr);
     pair.a.psql("CREATE TABLE stages (stage text, n int)");
     Some(pair)
 }
 
-impl Pair {
-    fn run_a(&self, args: &[&str]) -> PghaOutput {
-        pgha_output(pgha(Some(&self.hosts.a.name)).args(["--config", self.config_a.path_str()]).args(args))
-    }
-
-    fn run_b(&self, args: &[&str]) -> PghaOutput {
-        pgha_output(pgha(Some(&self.hosts.b.name)).args(["--config", self.config_b.path_str()]).args(args))
-    }
-
+impl TwoHosts {
     /// The documented procedure after `pgha promote` on B: the same file on every host, so A
     /// gets B's rewritten [primary] and [standby] (only [cluster] differs between test hosts).
     fn copy_config_b_to_a(&self) {

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,27 +11,7 @@ use crate::common::*;
 
 const PASSWORD: &str = "Sb-s3cret-'q'-\\x";
 
-struct Setup {
-    hosts: HostPair,
-    a: TestCluster,
-    b: TestCluster,
-    config_a: TestConfig,
-    config_b: TestConfig,
-    _archive: tempfile::TempDir,
-}
-
-fn config_for(
-    cluster: &TestCluster,
-    primary: &TestCluster,
-    hosts: &HostPair,
-    archive: &Path,
-    password: &str,
-) -> TestConfig {
-    let text = config_text(cluster, &hosts.a_ip, primary.port, &[&hosts.b_ip], archive)
-        // Each test gets its own passfile: the default one is shared by every cluster on this machine.
-        .replace("[replication]\n", "[replication]\npassfile = \"@PASSWORD_FILE@.pgpass\"\n");
-    TestConfig::new(&text, password)
-}
+type Setup = TwoHosts;
 
 /// A primary on A configured by `pgha primary`, and B's own cluster running with a marker table.
 fn setup() -> Option<Setup> {
@@ -39,23 +19,10 @@ fn setup() -> Option<Setup> {
 }
 
 fn setup_with_primary_version(version: &str) -> Option<Setup> {
-    if !require_root_and_postgres() {
-        return None;
-    }
-    let hosts = host_pair();
-    let a = TestCluster::create(version, Some(&hosts.a.name));
-    let b = TestCluster::create("15", Some(&hosts.b.name));
-    a.start();
-    b.start();
-    b.psql("CREATE TABLE marker (note text); INSERT INTO marker VALUES ('b was here')");
-    let archive = tempfile::tempdir().unwrap();
-    fs::set_permissions(archive.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let archive_dir = archive.path().join("archive");
-    let config_a = config_for(&a, &a, &hosts, &archive_dir, PASSWORD);
-    let config_b = config_for(&b, &a, &hosts, &archive_dir, PASSWORD);
-    let out = pgha_output(pgha(Some(&hosts.a.name)).args(["--config", config_a.path_str(), "primary"]));
-    assert_eq!(out.code, 0, "pgha primary failed: {}", out.stderr);
-    Some(Setup { hosts, a, b, config_a, config_b, _archive: archive })
+    let setup = TwoHosts::new(version, PASSWORD)?;
+    setup.b.start();
+    setup.b.psql("CREATE TABLE marker (note text); INSERT INTO marker VALUES ('b was here')");
+    Some(setup)
 }
 
 fn standby(setup: &Setup, config: &TestConfig, extra: &[&str]) -> PghaOutput {
@@ -157,7 +124,7 @@ fn clones_a_streaming_standby_and_a_rerun_is_a_no_op() {
 fn preflight_failures_change_nothing() {
     let Some(setup) = setup() else { return };
 
-    let wrong = config_for(&setup.b, &setup.a, &setup.hosts, Path::new("/nonexistent"), "not-the-password");
+    let wrong = setup.config_b_with_password("not-the-password");
     let out = standby(&setup, &wrong, &[]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("rejects the password"), "{}", out.stderr);
