@@ -9,91 +9,47 @@
 # It creates and removes its own namespaces (pghab-a, pghab-b) and clusters (15/pghabench_a, _b).
 set -euo pipefail
 
-PGHA=${PGHA:-${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/release/pgha}
-PGHA=$(realpath "$PGHA")
 SCALE=${SCALE:-70}
 RUNS=${RUNS:-3}
-VERSION=15
-BIN=/usr/lib/postgresql/$VERSION/bin
 NS_A=pghab-a NS_B=pghab-b
+VETH_A=pghab-va VETH_B=pghab-vb
 IP_A=10.233.77.1 IP_B=10.233.77.2
 PORT_A=46501 PORT_B=46502
 CL_A=pghabench_a CL_B=pghabench_b
-WORK=$(mktemp -d /tmp/pgha-bench.XXXXXX)
-BARE=/var/lib/postgresql/$VERSION/pghabench_bare
 PGBENCH_PID=
+source "$(dirname "$0")/lib.sh"
+BARE=/var/lib/postgresql/$VERSION/pghabench_bare
 
-[ "$(id -u)" = 0 ] || { echo "bench/clone.sh: run as root" >&2; exit 2; }
-[ -x "$PGHA" ] || { echo "bench/clone.sh: no pgha binary at $PGHA (cargo build --release, or set PGHA)" >&2; exit 2; }
-
-cleanup() {
-    set +e
+bench_extra_cleanup() {
     [ -n "$PGBENCH_PID" ] && kill "$PGBENCH_PID" 2>/dev/null
-    for cl in $CL_A $CL_B; do
-        pg_ctlcluster $VERSION $cl stop -m immediate 2>/dev/null
-        pg_dropcluster $VERSION $cl 2>/dev/null
-        rm -rf /var/lib/postgresql/$VERSION/$cl.pgha-*
-    done
-    rm -rf "$BARE" "$WORK"
-    ip netns del $NS_A 2>/dev/null
-    ip netns del $NS_B 2>/dev/null
+    rm -rf "$BARE"
 }
-trap cleanup EXIT
-
-psql_a() { runuser -u postgres -- psql -X -q -A -t -h /var/run/postgresql -p $PORT_A -d postgres -c "$1"; }
-psql_b() { runuser -u postgres -- psql -X -q -A -t -h /var/run/postgresql -p $PORT_B -d postgres -c "$1"; }
-now() { date +%s.%N; }
 
 echo "== setting up two hosts ($IP_A, $IP_B) and clusters"
-ip netns add $NS_A; ip netns add $NS_B
-ip link add pghab-va type veth peer name pghab-vb
-ip link set pghab-va netns $NS_A; ip link set pghab-vb netns $NS_B
-ip -n $NS_A addr add $IP_A/24 dev pghab-va; ip -n $NS_B addr add $IP_B/24 dev pghab-vb
-for ns in $NS_A $NS_B; do ip -n $ns link set lo up; done
-ip -n $NS_A link set pghab-va up; ip -n $NS_B link set pghab-vb up
-pg_createcluster $VERSION $CL_A -p $PORT_A >/dev/null -- --auth-local=peer
-pg_createcluster $VERSION $CL_B -p $PORT_B >/dev/null -- --auth-local=peer
-ip netns exec $NS_A pg_ctlcluster $VERSION $CL_A start
-ip netns exec $NS_B pg_ctlcluster $VERSION $CL_B start
+bench_setup_hosts
+bench_create_clusters
+on_a pg_ctlcluster $VERSION $CL_A start
+on_b pg_ctlcluster $VERSION $CL_B start
 
-chmod 755 "$WORK"
-printf 'bench-%s\n' "$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" > "$WORK/password"
-chmod 600 "$WORK/password"
-for side in a b; do
-    cluster=$CL_A; [ $side = b ] && cluster=$CL_B
-    cat > "$WORK/pgha-$side.conf" <<EOF
-[cluster]
-version = $VERSION
-name = "$cluster"
-[primary]
-address = "$IP_A"
-port = $PORT_A
-[standby]
-addresses = ["$IP_B"]
-streaming_timeout = "120s"
-[replication]
-password_file = "$WORK/password"
-passfile = "$WORK/pgpass"
-[archive]
-enabled = false
-EOF
-done
-ip netns exec $NS_A "$PGHA" --config "$WORK/pgha-a.conf" primary >/dev/null
+bench_write_password
+bench_config $CL_A $IP_A $PORT_A $IP_B 120s > "$WORK/pgha-a.conf"
+bench_config $CL_B $IP_A $PORT_A $IP_B 120s > "$WORK/pgha-b.conf"
+on_a "$PGHA" --config "$WORK/pgha-a.conf" primary >/dev/null
 
 echo "== pgbench -i -s $SCALE on the primary"
 runuser -u postgres -- "$BIN/pgbench" -i -q -s "$SCALE" -h /var/run/postgresql -p $PORT_A postgres >/dev/null 2>&1
 psql_a "CHECKPOINT" >/dev/null
-SIZE_MB=$(psql_a "SELECT sum(pg_database_size(oid)) / 1048576 FROM pg_database")
+SIZE_MB=$(psql_a "SELECT round(sum(pg_database_size(oid)) / 1048576) FROM pg_database")
 echo "primary holds $SIZE_MB MB"
 
 # The bare copy uses the same passfile pgha wrote, from host B's namespace.
-ip netns exec $NS_B "$PGHA" --config "$WORK/pgha-b.conf" standby >/dev/null 2>&1
+on_b "$PGHA" --config "$WORK/pgha-b.conf" standby >/dev/null 2>&1
 BARE_CONNINFO="host=$IP_A port=$PORT_A user=replicator passfile=$WORK/pgpass sslmode=require"
 
 pgha_times=() bare_times=() start_times=()
 for run in $(seq 1 "$RUNS"); do
     start=$(now)
-    ip netns exec $NS_B "$PGHA" --config "$WORK/pgha-b.conf" standby --force-reclone 2>&1 >/dev/null \
+    on_b "$PGHA" --config "$WORK/pgha-b.conf" standby --force-reclone 2>&1 >/dev/null \
         | while IFS= read -r line; do printf '%s %s\n' "$(now)" "$line"; done > "$WORK/trace"
     end=$(now)
     # TRACE=1 shows where pgha's time goes: each log line with its offset from the start.
@@ -105,7 +61,7 @@ for run in $(seq 1 "$RUNS"); do
 
     rm -rf "$BARE"
     start=$(now)
-    ip netns exec $NS_B runuser -u postgres -- "$BIN/pg_basebackup" -d "$BARE_CONNINFO" -D "$BARE" \
+    on_b runuser -u postgres -- "$BIN/pg_basebackup" -d "$BARE_CONNINFO" -D "$BARE" \
         -X stream --checkpoint=fast
     end=$(now)
     bare_times+=("$(echo "$end - $start" | bc)")
@@ -113,7 +69,6 @@ for run in $(seq 1 "$RUNS"); do
     printf 'run %d: pgha %.2fs, bare pg_basebackup %.2fs\n' "$run" "${pgha_times[-1]}" "${bare_times[-1]}"
 done
 
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 PGHA_MED=$(median "${pgha_times[@]}")
 BARE_MED=$(median "${bare_times[@]}")
 echo "== idle primary, median of $RUNS"
@@ -129,7 +84,7 @@ runuser -u postgres -- "$BIN/pgbench" -n -c 4 -j 2 -T 600 -h /var/run/postgresql
 PGBENCH_PID=$!
 sleep 3
 start=$(now)
-ip netns exec $NS_B "$PGHA" --config "$WORK/pgha-b.conf" standby --force-reclone >/dev/null 2>&1
+on_b "$PGHA" --config "$WORK/pgha-b.conf" standby --force-reclone >/dev/null 2>&1
 end=$(now)
 sleep 3
 kill "$PGBENCH_PID"; wait "$PGBENCH_PID" 2>/dev/null || true

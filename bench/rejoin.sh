@@ -11,7 +11,8 @@
 #  4. `pgha rejoin --full-clone` on A: the same job by re-cloning the whole database.
 # Prints both times, their ratio (target <= 0.1) and the promote time (target <= 1 s).
 #
-# Usage: sudo bench/rejoin.sh [SCALE]    (PGHA=path/to/pgha to use a given binary)
+# Usage: sudo bench/rejoin.sh [SCALE]    (PGHA=path/to/pgha to use a given binary; default
+#        $CARGO_TARGET_DIR/release/pgha, or target/release/pgha)
 #        REJOIN_FLAGS=--no-keep-copy measures the rewind without pgha's default copy of the data directory.
 # Everything it creates is removed on exit.
 set -euo pipefail
@@ -21,76 +22,26 @@ SCALE=${1:-70}
 # primary keeps, so this bounds its copy. pgha's default is 1GB.
 WAL_KEEP=${WAL_KEEP:-1GB}
 REJOIN_FLAGS=${REJOIN_FLAGS:-}
-VERSION=15
-BIN=/usr/lib/postgresql/$VERSION/bin
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PGHA=${PGHA:-$ROOT/target/release/pgha}
 NS_A=pgha-bench-a NS_B=pgha-bench-b
+VETH_A=veth-bench-a VETH_B=veth-bench-b
 IP_A=10.232.0.1 IP_B=10.232.0.2
-A=bench_rejoin_a B=bench_rejoin_b
+CL_A=bench_rejoin_a CL_B=bench_rejoin_b
 PORT_A=47101 PORT_B=47102
-WORK=$(mktemp -d /tmp/pgha-bench-XXXXXX)
+source "$(dirname "$0")/lib.sh"
+A=$CL_A B=$CL_B
 
-[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 2; }
-[ -x "$PGHA" ] || { echo "no pgha binary at $PGHA: cargo build --release, or set PGHA" >&2; exit 2; }
-
-cleanup() {
-    set +e
+bench_extra_cleanup() {
     [ -n "${KEEP_LOGS:-}" ] && cp /var/log/postgresql/postgresql-$VERSION-$A.log "$KEEP_LOGS" 2>/dev/null
-    for c in $A $B; do
-        pg_ctlcluster $VERSION $c stop -m immediate >/dev/null 2>&1
-        pg_dropcluster $VERSION $c >/dev/null 2>&1
-        rm -rf /var/lib/postgresql/$VERSION/$c.pgha-*
-        # pg_dropcluster leaves the config directory when it holds files it did not create (conf.d/pgha.conf).
-        rm -rf /etc/postgresql/$VERSION/$c /var/log/postgresql/postgresql-$VERSION-$c.log
-    done
-    ip netns del $NS_A 2>/dev/null
-    ip netns del $NS_B 2>/dev/null
-    rm -rf "$WORK"
 }
-trap cleanup EXIT
-
-now() { date +%s.%N; }
-elapsed() { echo "$2 - $1" | bc; }
-psql_on() { local port=$1; shift; runuser -u postgres -- psql -X -At -h /var/run/postgresql -p "$port" -d postgres "$@"; }
-on_a() { ip netns exec $NS_A "$@"; }
-on_b() { ip netns exec $NS_B "$@"; }
 
 echo "== setting up two hosts and a scale-$SCALE pgbench primary"
-ip netns add $NS_A; ip netns add $NS_B
-ip link add veth-bench-a type veth peer name veth-bench-b
-ip link set veth-bench-a netns $NS_A; ip link set veth-bench-b netns $NS_B
-ip -n $NS_A addr add $IP_A/24 dev veth-bench-a; ip -n $NS_B addr add $IP_B/24 dev veth-bench-b
-for ns in $NS_A $NS_B; do ip -n $ns link set lo up; done
-ip -n $NS_A link set veth-bench-a up; ip -n $NS_B link set veth-bench-b up
-
-pg_createcluster $VERSION $A -p $PORT_A -- --auth-local=peer >/dev/null
-pg_createcluster $VERSION $B -p $PORT_B -- --auth-local=peer >/dev/null
+bench_setup_hosts
+bench_create_clusters
 on_a pg_ctlcluster $VERSION $A start
 
-chmod 755 "$WORK"
-printf 'bench-secret\n' > "$WORK/password"; chmod 600 "$WORK/password"
-config() { # cluster primary-ip primary-port standby-ip
-    cat <<EOF
-[cluster]
-version = $VERSION
-name = "$1"
-[primary]
-address = "$2"
-port = $3
-wal_keep_size = "$WAL_KEEP"
-[standby]
-addresses = ["$4"]
-streaming_timeout = "300s"
-[replication]
-password_file = "$WORK/password"
-passfile = "$WORK/pgpass"
-[archive]
-enabled = false
-EOF
-}
-config $A $IP_A $PORT_A $IP_B > "$WORK/a.conf"
-config $B $IP_A $PORT_A $IP_B > "$WORK/b.conf"
+bench_write_password
+bench_config $A $IP_A $PORT_A $IP_B 300s "wal_keep_size = \"$WAL_KEEP\"" > "$WORK/a.conf"
+bench_config $B $IP_A $PORT_A $IP_B 300s "wal_keep_size = \"$WAL_KEEP\"" > "$WORK/b.conf"
 
 on_a "$PGHA" --config "$WORK/a.conf" primary >/dev/null
 runuser -u postgres -- $BIN/pgbench -q -i -s "$SCALE" -h /var/run/postgresql -p $PORT_A postgres 2>&1 | tail -1
@@ -98,7 +49,7 @@ echo "database size: $(psql_on $PORT_A -c "SELECT pg_size_pretty(pg_database_siz
 on_b "$PGHA" --config "$WORK/b.conf" standby 2>/dev/null
 
 echo "== failover: A commits a fork B never receives, then dies; promote B"
-ip -n $NS_B link set veth-bench-b down
+ip -n $NS_B link set $VETH_B down
 runuser -u postgres -- $BIN/pgbench -n -c 2 -t 200 -h /var/run/postgresql -p $PORT_A postgres >/dev/null
 kill -KILL "$(head -1 /var/lib/postgresql/$VERSION/$A/postmaster.pid)"
 sleep 1
@@ -106,7 +57,7 @@ t0=$(now)
 promote_out=$(on_b "$PGHA" --config "$WORK/b.conf" promote --force 2>/dev/null)
 t1=$(now)
 # Only now: A's kernel may still retransmit what its dead walsender had queued.
-ip -n $NS_B link set veth-bench-b up
+ip -n $NS_B link set $VETH_B up
 promote_ms=$(echo "$promote_out" | sed -n 's/.*accepted a write \([0-9]*\) ms after.*/\1/p')
 echo "$promote_out" | head -1
 
