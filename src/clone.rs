@@ -200,7 +200,6 @@ pub fn passfile_change(config: &Config, password: &Password) -> Result<Option<Fi
 }
 
 /// Writes `replication.passfile` atomically when it differs; returns whether it changed.
-#[allow(dead_code)] // for `pgha rejoin`, which changes the primary without cloning
 pub fn write_passfile(config: &Config, password: &Password) -> Result<bool> {
     match passfile_change(config, password)? {
         Some(change) => {

@@ -49,6 +49,12 @@ impl StandbyArgs {
         let context = StandbyContext { config: &config, cluster: &cluster, password: &password, own_address };
         let passfile = PrivatePassfile::new(&config, &password)?;
         let system_identifier = identify_primary(&context, &passfile.path)?;
+        // The configured password was just proven against the primary, so a rotated password can
+        // reach the wal receiver's passfile now: it reconnects with it instead of failing until a
+        // re-clone. Nothing else on the host changes before the clone checks.
+        if !self.dry_run && crate::clone::write_passfile(&config, &password)? {
+            log::info!("updated {} with the configured password", config.replication.passfile.display());
+        }
         // Before the checks a clone needs (free space, walsenders): a healthy standby must pass at boot.
         if !self.force_reclone && wait_streaming_from_primary(&context, &system_identifier, RECONNECT_PATIENCE)? {
             log::info!(

@@ -120,6 +120,36 @@ fn clones_a_streaming_standby_and_a_rerun_is_a_no_op() {
     }
 }
 
+/// After the password changes, the boot-time run gives the wal receiver the new password: it
+/// reconnects with it, and nothing is cloned again.
+#[test]
+fn a_rotated_password_reaches_the_standby_without_a_reclone() {
+    let Some(setup) = setup() else { return };
+    let (a, b) = (&setup.a, &setup.b);
+    let out = standby(&setup, &setup.config_b, &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_streaming(&setup);
+    let inode = fs::metadata(b.data_dir()).unwrap().ino();
+
+    let rotated = "r0tated-'pw'-\\";
+    for config in [&setup.config_a, &setup.config_b] {
+        fs::write(&config.password_file, format!("{rotated}\n")).unwrap();
+    }
+    let out = setup.run_a(&["primary"]);
+    assert_eq!(out.code, 0, "pgha primary with the new password: {}", out.stderr);
+    let again = standby(&setup, &setup.config_b, &[]);
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+
+    // Force a reconnect: it must authenticate with the rotated password from the passfile.
+    a.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication");
+    a.psql("CREATE TABLE after_rotation AS SELECT 1 AS x");
+    b.wait_for("SELECT count(*) FROM after_rotation", "1", Duration::from_secs(60));
+    assert_streaming(&setup);
+    assert_eq!(fs::metadata(b.data_dir()).unwrap().ino(), inode, "the standby was cloned again");
+    assert_eq!(old_dirs(b).len(), 1);
+}
+
 #[test]
 fn preflight_failures_change_nothing() {
     let Some(setup) = setup() else { return };
