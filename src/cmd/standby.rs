@@ -50,9 +50,10 @@ impl StandbyArgs {
         let passfile = PrivatePassfile::new(&config, &password)?;
         let system_identifier = identify_primary(&context, &passfile.path)?;
         // The configured password was just proven against the primary, so a rotated password can
-        // reach the wal receiver's passfile now: it reconnects with it instead of failing until a
-        // re-clone. Nothing else on the host changes before the clone checks.
-        if !self.dry_run && crate::clone::write_passfile(&config, &password)? {
+        // reach the passfile of an earlier clone now: the wal receiver reconnects with it instead of
+        // failing until a re-clone. A first clone writes the passfile inside its own transaction.
+        let earlier_clone = config.replication.passfile.exists();
+        if !self.dry_run && earlier_clone && crate::clone::write_passfile(&config, &password)? {
             log::info!("updated {} with the configured password", config.replication.passfile.display());
         }
         // Before the checks a clone needs (free space, walsenders): a healthy standby must pass at boot.
