@@ -302,6 +302,9 @@ impl Drop for TestCluster {
                 }
             }
         }
+        // pg_dropcluster keeps a config directory holding files it did not create (conf.d/pgha.conf).
+        let _ = fs::remove_dir_all(self.config_dir());
+        let _ = fs::remove_file(self.log_file());
     }
 }
 
