@@ -511,10 +511,15 @@ fn slot_state(context: &StandbyContext, remote: &Target, name: &str) -> Result<O
     Ok(Some(SlotState { active, lost: lost == "t" }))
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem holding `dir`.
+pub fn free_bytes(dir: &Path) -> Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).with_context(|| format!("cannot statvfs {}", dir.display()))?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
 fn check_space(data_dir: &Path, database_bytes: u64) -> Result<()> {
     let parent = data_dir.parent().context("the data directory has no parent")?;
-    let stat = nix::sys::statvfs::statvfs(parent).with_context(|| format!("cannot statvfs {}", parent.display()))?;
-    let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    let available = free_bytes(parent)?;
     let needed = space_needed(database_bytes);
     if available < needed {
         bail!(

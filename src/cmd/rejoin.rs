@@ -356,8 +356,7 @@ fn copy_aside(cluster: &Cluster) -> Result<PathBuf> {
     let copy = crate::clone::old_path(&cluster.data_dir, SystemTime::now());
     let size = crate::clone::dir_size(&cluster.data_dir);
     let parent = cluster.data_dir.parent().context("the data directory has no parent")?;
-    let stat = nix::sys::statvfs::statvfs(parent).with_context(|| format!("cannot statvfs {}", parent.display()))?;
-    let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    let available = crate::clone::free_bytes(parent)?;
     if available < crate::clone::space_needed(size) {
         bail!(
             "{} has {} MB free, too little to keep a copy of the {} MB data directory before pg_rewind changes it: \
