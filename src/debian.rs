@@ -1,31 +1,27 @@
-//! Debian's cluster layer: pg_lsclusters, pg_ctlcluster and /etc/postgresql/VERSION/NAME.
+//! Debian's cluster layout: which cluster pgha works on, where its config, data, socket and log
+//! are, and what Debian's postgresql.conf must contain. The programs that list and control
+//! clusters live in `tools::pg_lsclusters` and `tools::pg_ctlcluster`.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-
 use crate::config::ClusterChoice;
 use crate::error::ConfigError;
-use crate::host::{root_command, run_checked};
 use crate::version::PgVersion;
 
+/// A cluster's identity and where Debian keeps its parts, as pg_lsclusters reports them. Whether
+/// it runs is a point-in-time fact: ask `tools::pg_lsclusters::is_online`, never store it here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cluster {
     pub version: PgVersion,
     pub name: String,
     pub port: u16,
-    pub online: bool,
-    pub in_recovery: bool,
-    pub owner: String,
     pub data_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub socket_dir: PathBuf,
     pub log_file: Option<PathBuf>,
 }
 
 impl Cluster {
-    pub fn config_dir(&self) -> PathBuf {
-        PathBuf::from(format!("/etc/postgresql/{}/{}", self.version, self.name))
-    }
-
     pub fn id(&self) -> String {
         format!("{}/{}", self.version, self.name)
     }
@@ -33,57 +29,13 @@ impl Cluster {
     pub fn bin(&self, program: &str) -> String {
         format!("{}/{program}", self.version.bin_dir())
     }
-}
 
-/// Runs `pg_lsclusters -h` (no header). postgresql-common 248 has no --json.
-pub fn invoke_pg_lsclusters() -> Result<String> {
-    run_checked(root_command("pg_lsclusters").arg("-h"), "pg_lsclusters")
-}
-
-/// Parses `pg_lsclusters -h`: "Ver Cluster Port Status Owner Data-directory Log-file".
-/// The log column reads `<unknown>` or is absent when the cluster logs elsewhere.
-/// A line pgha cannot use (a cluster being created or dropped right now shows `<unknown>` port
-/// and data directory; an unsupported version) is skipped with a warning: another cluster on the
-/// host must not stop pgha from working on the configured one. (Kept fallible for its callers.)
-pub fn parse_pg_lsclusters(output: &str) -> Result<Vec<Cluster>> {
-    Ok(output
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .filter_map(|line| match parse_pg_lsclusters_line(line) {
-            Ok(cluster) => Some(cluster),
-            Err(error) => {
-                log::warn!("ignoring pg_lsclusters line {line:?}: {error:#}");
-                None
-            }
+    /// Where postgresql-common logs the cluster when postgresql.conf names no other log.
+    pub fn log_path(&self) -> PathBuf {
+        self.log_file.clone().unwrap_or_else(|| {
+            PathBuf::from(format!("/var/log/postgresql/postgresql-{}-{}.log", self.version, self.name))
         })
-        .collect())
-}
-
-fn parse_pg_lsclusters_line(line: &str) -> Result<Cluster> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    if fields.len() < 6 {
-        anyhow::bail!("expected at least 6 columns");
     }
-    let version: PgVersion = fields[0].parse().map_err(|error: String| anyhow::anyhow!(error))?;
-    let port = fields[2].parse().with_context(|| format!("bad port {:?}", fields[2]))?;
-    if !fields[5].starts_with('/') {
-        anyhow::bail!("no data directory");
-    }
-    let status = fields[3];
-    Ok(Cluster {
-        version,
-        name: fields[1].to_string(),
-        port,
-        online: status.starts_with("online"),
-        in_recovery: status.contains("recovery"),
-        owner: fields[4].to_string(),
-        data_dir: PathBuf::from(fields[5]),
-        log_file: fields.get(6).filter(|log| log.starts_with('/')).map(PathBuf::from),
-    })
-}
-
-pub fn list_clusters() -> Result<Vec<Cluster>> {
-    parse_pg_lsclusters(&invoke_pg_lsclusters()?)
 }
 
 /// Picks the cluster the config names, or the only one there is.
@@ -131,43 +83,9 @@ pub fn select_cluster(
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClusterAction {
-    Start,
-    Stop,
-    Restart,
-    Reload,
-    Promote,
-}
-
-impl ClusterAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClusterAction::Start => "start",
-            ClusterAction::Stop => "stop",
-            ClusterAction::Restart => "restart",
-            ClusterAction::Reload => "reload",
-            ClusterAction::Promote => "promote",
-        }
-    }
-}
-
-/// `pg_ctlcluster VERSION NAME ACTION`. Stop uses fast mode so a stop never waits on clients.
-pub fn invoke_pg_ctlcluster(cluster: &Cluster, action: ClusterAction) -> Result<()> {
-    let mut command = root_command("pg_ctlcluster");
-    if action == ClusterAction::Stop {
-        command.args(["-m", "fast"]);
-    }
-    command.arg(cluster.version.to_string()).arg(&cluster.name).arg(action.as_str());
-    run_checked(&mut command, &format!("pg_ctlcluster {} {} {}", cluster.version, cluster.name, action.as_str()))
-        .map(|_| ())
-}
-
 /// The last lines of the cluster's log, for error messages.
 pub fn log_tail(cluster: &Cluster, lines: usize) -> String {
-    let path = cluster.log_file.clone().unwrap_or_else(|| {
-        PathBuf::from(format!("/var/log/postgresql/postgresql-{}-{}.log", cluster.version, cluster.name))
-    });
+    let path = cluster.log_path();
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let all: Vec<&str> = text.lines().collect();
@@ -193,49 +111,14 @@ pub fn parse_includes_conf_d(postgresql_conf: &str, config_dir: &Path) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_saved_pg_lsclusters_output() {
-        let clusters = parse_pg_lsclusters(include_str!("../tests/data/pg_lsclusters-bookworm-15-down.txt")).unwrap();
-        assert_eq!(clusters.len(), 1);
-        let main = &clusters[0];
-        assert_eq!((main.version, main.name.as_str(), main.port), (PgVersion::new(15, 0), "main", 5432));
-        assert!(!main.online);
-        assert_eq!(main.data_dir, Path::new("/var/lib/postgresql/15/main"));
-        assert_eq!(main.log_file.as_deref(), Some(Path::new("/var/log/postgresql/postgresql-15-main.log")));
-    }
-
-    #[test]
-    fn parses_recovery_status_and_missing_log() {
-        let clusters = parse_pg_lsclusters(
-            "15  a 5433 online,recovery postgres /var/lib/postgresql/15/a /var/log/postgresql/postgresql-15-a.log\n9.6 b 5434 online postgres /srv/b <unknown>\n",
-        )
-        .unwrap();
-        assert!(clusters[0].online && clusters[0].in_recovery);
-        assert_eq!(clusters[1].version, PgVersion::new(9, 6));
-        assert!(clusters[1].online && !clusters[1].in_recovery);
-        assert_eq!(clusters[1].log_file, None);
-    }
-
-    #[test]
-    fn skips_clusters_it_cannot_use_and_keeps_the_rest() {
-        // Real output while another cluster was half created: its config dir exists, nothing else.
-        let clusters =
-            parse_pg_lsclusters(include_str!("../tests/data/pg_lsclusters-bookworm-half-created.txt")).unwrap();
-        assert_eq!(clusters.iter().map(Cluster::id).collect::<Vec<_>>(), ["15/main"]);
-        let unsupported =
-            parse_pg_lsclusters("9.4 old 5433 down postgres /var/lib/postgresql/9.4/old <unknown>\n").unwrap();
-        assert!(unsupported.is_empty());
-    }
-
     fn cluster(version: u32, name: &str) -> Cluster {
         Cluster {
             version: PgVersion::new(version, 0),
             name: name.into(),
             port: 5432,
-            online: true,
-            in_recovery: false,
-            owner: "postgres".into(),
             data_dir: PathBuf::from("/x"),
+            config_dir: PathBuf::from("/etc/x"),
+            socket_dir: PathBuf::from("/run/postgresql"),
             log_file: None,
         }
     }

@@ -1,28 +1,49 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
-mod apply;
+use crate::cli::{Cli, Command};
+
 mod cli;
-mod clone;
 mod cmd;
 mod config;
 mod debian;
 mod error;
+mod files;
 mod hba;
+mod health;
 mod host;
 mod logging;
+mod node;
+mod notify;
 mod password;
-mod pg;
-mod plan;
+mod primary;
+mod quote;
 mod render;
 mod replication;
+mod size;
+mod standby;
+mod tools;
+mod upstream;
 mod version;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = Cli::parse();
     logging::init(cli.verbose);
-    match cmd::run(cli) {
+    let config = cli.config.as_path();
+    let result = match cli.command {
+        Command::Render(args) => args.run(config),
+        Command::Primary(args) => args.run(config),
+        Command::Standby(args) => args.run(config),
+        Command::PruneArchive(args) => args.run(config),
+        Command::Status(args) => args.run(config),
+        Command::Verify(args) => args.run(config),
+        Command::Promote(args) => args.run(config),
+        Command::Rejoin(args) => args.run(config),
+        Command::WriteConfig(args) => args.run(config),
+        Command::GenerateDocs(args) => args.run(Cli::command()),
+    };
+    match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(error) => {
             log::error!("{error:#}");

@@ -63,15 +63,9 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
 
 /// SCRAM's Hi(): PBKDF2-HMAC-SHA-256 with a single output block.
 fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-    let mut block = salt.to_vec();
-    block.extend_from_slice(&1u32.to_be_bytes());
-    let mut previous = hmac_sha256(password, &block);
-    let mut result = previous.clone();
-    for _ in 1..iterations {
-        previous = hmac_sha256(password, &previous);
-        result.iter_mut().zip(&previous).for_each(|(acc, byte)| *acc ^= byte);
-    }
-    result
+    let mut key = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut key);
+    key.to_vec()
 }
 
 /// One line of a libpq passfile: host:port:database:user:password, with ':' and '\' escaped.

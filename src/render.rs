@@ -1,4 +1,5 @@
-//! The files pgha writes, as a pure function of the config and probed facts. No I/O here.
+//! Every file pgha renders from a template, as a pure function of its input: the PostgreSQL
+//! configuration from the config and probed facts, and pgha.conf itself from answers. No I/O here.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -6,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::pg::{conf_quote, conninfo_quote, shell_quote};
+use crate::config::{Config, SslMode, DEFAULTS};
+use crate::quote::{conf_quote, conninfo_quote, shell_quote};
 use crate::version::PgVersion;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -104,6 +105,36 @@ const TEMPLATES: [(&str, &str); 5] = [
     ("standby.signal.tera", include_str!("../templates/standby.signal.tera")),
 ];
 
+/// The commented pgha.conf for the given answers, with every default shown from `DEFAULTS`;
+/// the shipped example is this with example values.
+pub fn render_config_file(
+    primary_address: &str,
+    standby_addresses: &[String],
+    user: &str,
+    password_file: &Path,
+    archive_directory: &Path,
+) -> Result<String> {
+    let toml_string = |text: &str| toml::Value::String(text.to_string()).to_string();
+    let mut tera = tera::Tera::default();
+    tera.autoescape_on(vec![]);
+    tera.add_raw_template("pgha.conf", include_str!("../templates/pgha.conf.tera"))?;
+    let mut context = tera::Context::new();
+    context.insert("defaults", &DEFAULTS);
+    context.insert("cluster_version", &Option::<String>::None);
+    context.insert("cluster_name", &Option::<String>::None);
+    context.insert("primary_address", &toml_string(primary_address));
+    context.insert("port", &DEFAULTS.port);
+    let list: Vec<String> = standby_addresses.iter().map(|a| toml_string(a)).collect();
+    context.insert("standby_addresses", &format!("[{}]", list.join(", ")));
+    context.insert("user", &toml_string(user));
+    context.insert("password_file", &toml_string(&password_file.display().to_string()));
+    context.insert("slots", &DEFAULTS.slots);
+    context.insert("archive_enabled", &DEFAULTS.archive_enabled);
+    context.insert("archive_directory", &toml_string(&archive_directory.display().to_string()));
+    context.insert("keep", &toml_string(DEFAULTS.keep));
+    Ok(tera.render("pgha.conf", &context)?)
+}
+
 fn engine() -> Result<tera::Tera> {
     let mut tera = tera::Tera::default();
     tera.autoescape_on(vec![]);
@@ -127,11 +158,8 @@ pub fn primary_conninfo(config: &Config, facts: &Facts) -> String {
 }
 
 fn hba_lines(config: &Config, facts: &Facts) -> Vec<String> {
-    let connection_type = if facts.local_ssl && config.replication.sslmode != crate::config::SslMode::Disable {
-        "hostssl"
-    } else {
-        "host"
-    };
+    let connection_type =
+        if facts.local_ssl && config.replication.sslmode != SslMode::Disable { "hostssl" } else { "host" };
     let method = if facts.version.has_scram() { "scram-sha-256" } else { "md5" };
     config
         .node_addresses()

@@ -1,12 +1,13 @@
+//! `pgha generate-docs`: man pages, the example pgha.conf and bash completion, for the package build.
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::{Args, CommandFactory};
+use clap::Args;
 
-use crate::cli::Cli;
-use crate::cmd::write_config::render_config_file;
 use crate::config::{DEFAULT_ARCHIVE_DIR, DEFAULT_CONFIG_PATH, DEFAULT_PASSWORD_FILE};
+use crate::render::render_config_file;
 
 #[derive(Debug, Args)]
 pub struct GenerateDocsArgs {
@@ -18,9 +19,8 @@ pub struct GenerateDocsArgs {
 impl GenerateDocsArgs {
     /// Man pages and completions come from the clap definitions, and pgha.conf(5) from the
     /// template `pgha write-config` renders, so none of them can drift from the code.
-    pub fn run(self) -> Result<i32> {
+    pub fn run(self, command: clap::Command) -> Result<i32> {
         fs::create_dir_all(&self.out_dir).with_context(|| format!("cannot create {}", self.out_dir.display()))?;
-        let command = Cli::command();
         let mut page = Vec::new();
         clap_mangen::Man::new(command.clone()).section("8").render(&mut page)?;
         fs::write(self.out_dir.join("pgha.8"), page)?;
@@ -31,7 +31,7 @@ impl GenerateDocsArgs {
             fs::write(self.out_dir.join(format!("{name}.8")), page)?;
         }
         let mut completion = Vec::new();
-        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "pgha", &mut completion);
+        clap_complete::generate(clap_complete::Shell::Bash, &mut command.clone(), "pgha", &mut completion);
         fs::write(self.out_dir.join("pgha.bash"), completion)?;
         let example = example_config()?;
         fs::write(self.out_dir.join("pgha.conf.5"), config_man_page(&example))?;

@@ -13,15 +13,18 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::apply::write_atomic;
-use crate::clone::{preflight_sslmode, primary_client_conninfo};
 use crate::config::Config;
-use crate::debian::{invoke_pg_ctlcluster, log_tail, Cluster, ClusterAction};
+use crate::debian::{log_tail, Cluster};
 use crate::error::{ConfigError, EXIT_OK};
-use crate::pg::{invoke_psql, query, query_value, Target};
-use crate::plan::{describe_file_change, existing_ownership, file_change};
+use crate::files::apply::write_atomic;
+use crate::files::plan::{describe_file_change, existing_ownership, file_change};
+use crate::node::{find_local_address, Node};
 use crate::render::standby_name;
-use crate::replication::{ensure_slot_sql, is_unreachable};
+use crate::standby::slots::ensure_slot;
+use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
+use crate::tools::poll_until;
+use crate::tools::psql::{classify_failure, query, query_bool, query_value, Target};
+use crate::upstream::{preflight_sslmode, sql_target};
 
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -36,16 +39,17 @@ pub struct PromoteArgs {
 impl PromoteArgs {
     pub fn run(self, config_path: &Path) -> Result<i32> {
         let started = Instant::now();
-        let (config, cluster) = crate::cmd::load_config_and_cluster(config_path)?;
-        let own = crate::cmd::find_local_address(&config.node_addresses())?.ok_or_else(|| {
+        let node = Node::load(config_path)?;
+        let (config, cluster) = (&node.config, &node.cluster);
+        let own = find_local_address(&config.node_addresses())?.ok_or_else(|| {
             ConfigError::in_file(
                 config_path,
                 "none of this host's addresses is listed: run `pgha promote` on a standby",
             )
         })?;
-        crate::cmd::require_online(config_path, &cluster)?;
-        let target = Target::local(&cluster);
-        let in_recovery = query_value(&target, "SELECT pg_is_in_recovery()")? == "t";
+        node.require_online()?;
+        let target = Target::local(cluster);
+        let in_recovery = query_bool(&target, "SELECT pg_is_in_recovery()")?;
 
         if !in_recovery {
             if own == config.primary.address {
@@ -71,10 +75,10 @@ impl PromoteArgs {
                 .into());
             }
             if !self.force {
-                refuse_if_primary_alive(&config, &target)?;
+                refuse_if_primary_alive(config, &target)?;
             }
-            promote(&cluster, &target)?;
-            wait_for_writes(&target, &cluster)?;
+            promote(cluster, &target)?;
+            wait_for_writes(&target, cluster)?;
             println!(
                 "cluster {} on {own} is now the primary: it accepted a write {} ms after the command started",
                 cluster.id(),
@@ -89,13 +93,13 @@ impl PromoteArgs {
         let old_primary = config.primary.address;
         if config.replication.slots {
             for address in config.node_addresses().into_iter().filter(|address| *address != own) {
-                if query(&target, &ensure_slot_sql(&standby_name(address)))?.is_empty() {
+                if !ensure_slot(&target, &standby_name(address))? {
                     continue;
                 }
                 log::info!("created replication slot {} for {address}", standby_name(address));
             }
         }
-        rewrite_config(config_path, &config, own, cluster.port)?;
+        rewrite_config(config_path, config, own, cluster.port)?;
         println!(
             "\nnext:\n  1. apply the same change to pgha.conf on every other host (copy this file, it is the same everywhere)\n  \
              2. on the old primary {old_primary}: `pgha rejoin` (pg_rewind when possible, a full clone otherwise)\n  \
@@ -122,18 +126,18 @@ fn refuse_if_primary_alive(config: &Config, local: &Target) -> Result<()> {
         bail!("refusing to promote: this standby is streaming from the configured primary {primary} right now, so it is up; {consequence}; {advice}");
     }
     // A primary that is gone often does not even refuse the connection: keep the wait short.
-    let conninfo = format!(
-        "{} connect_timeout=3",
-        primary_client_conninfo(config, &config.replication.passfile, preflight_sslmode(config), "postgres")
-    );
-    let remote = Target::Remote { conninfo };
-    match invoke_psql(&remote, "SELECT pg_is_in_recovery()") {
-        Ok(output) if output.trim().trim_matches('\u{1e}') == "t" => {
+    let Target::Remote { conninfo } = sql_target(config, &config.replication.passfile, preflight_sslmode(config))
+    else {
+        unreachable!("sql_target is a remote target")
+    };
+    let remote = Target::Remote { conninfo: format!("{conninfo} connect_timeout=3") };
+    match query_bool(&remote, "SELECT pg_is_in_recovery()") {
+        Ok(true) => {
             log::info!("the configured primary {primary} answers but is in recovery: not a writable primary");
             Ok(())
         }
-        Ok(_) => bail!("refusing to promote: the configured primary {primary} still answers as a writable primary; {consequence}; {advice}"),
-        Err(error) if is_unreachable(&format!("{error:#}")) => {
+        Ok(false) => bail!("refusing to promote: the configured primary {primary} still answers as a writable primary; {consequence}; {advice}"),
+        Err(error) if classify_failure(&format!("{error:#}")).is_unreachable() => {
             log::info!("the configured primary {primary} does not answer: {error:#}");
             Ok(())
         }
@@ -146,8 +150,8 @@ fn refuse_if_primary_alive(config: &Config, local: &Target) -> Result<()> {
 fn promote(cluster: &Cluster, target: &Target) -> Result<()> {
     if cluster.version.has_pg_promote() {
         // wait => true: returns once the server left recovery, or false after the timeout.
-        let done = query_value(target, &format!("SELECT pg_promote(true, {})", PROMOTE_TIMEOUT.as_secs()))?;
-        if done != "t" {
+        let done = query_bool(target, &format!("SELECT pg_promote(true, {})", PROMOTE_TIMEOUT.as_secs()))?;
+        if !done {
             bail!("pg_promote() did not finish within {} s\n{}", PROMOTE_TIMEOUT.as_secs(), log_tail(cluster, 20));
         }
         Ok(())
@@ -158,20 +162,21 @@ fn promote(cluster: &Cluster, target: &Target) -> Result<()> {
 
 /// Waits for the first write: a transaction id is only handed out by a server that accepts writes.
 fn wait_for_writes(target: &Target, cluster: &Cluster) -> Result<()> {
-    let deadline = Instant::now() + PROMOTE_TIMEOUT;
-    loop {
+    let mut last_error = None;
+    let accepted = poll_until(PROMOTE_TIMEOUT, Duration::from_millis(10), || {
         match query_value(target, "SELECT txid_current()") {
-            Ok(_) => return Ok(()),
-            Err(error) if Instant::now() >= deadline => {
-                bail!(
-                    "cluster {} did not accept writes after the promote: {error:#}\n{}",
-                    cluster.id(),
-                    log_tail(cluster, 20)
-                )
+            Ok(_) => Ok(Some(())),
+            Err(error) => {
+                last_error = Some(error);
+                Ok(None)
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
+    })?;
+    if accepted.is_none() {
+        let error = last_error.map_or_else(|| "no answer".to_string(), |error| format!("{error:#}"));
+        bail!("cluster {} did not accept writes after the promote: {error}\n{}", cluster.id(), log_tail(cluster, 20));
     }
+    Ok(())
 }
 
 fn rewrite_config(config_path: &Path, config: &Config, own: IpAddr, port: u16) -> Result<()> {

@@ -29,7 +29,7 @@ impl RenderArgs {
         let version = self.pg_version.or(config.cluster.version).unwrap_or(PgVersion::new(15, 0));
         let own_address = match self.role {
             Role::Primary => config.primary.address,
-            Role::Standby => match crate::cmd::find_local_address(&config.standby.addresses)? {
+            Role::Standby => match crate::node::find_local_address(&config.standby.addresses)? {
                 Some(address) => address,
                 None => config.standby.addresses[0],
             },

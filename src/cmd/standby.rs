@@ -7,11 +7,15 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use clap::Args;
 
-use crate::clone::{
-    clone_standby, identify_primary, old_path, preflight, staging_path, wait_streaming_from_primary, PrivatePassfile,
-    StandbyContext,
-};
 use crate::error::EXIT_OK;
+use crate::files::datadir::{old_path, staging_path};
+use crate::node::{find_local_address, Node};
+use crate::notify::notify_status;
+use crate::standby::clone::clone_standby;
+use crate::standby::preflight::{identify_primary, preflight};
+use crate::standby::streaming::wait_streaming_from_primary;
+use crate::standby::StandbyContext;
+use crate::upstream::{write_passfile, PrivatePassfile};
 
 /// How long a running standby of this primary gets to (re)connect before it counts as broken:
 /// at boot the wal receiver connects a moment after the server accepts connections.
@@ -34,9 +38,10 @@ pub struct StandbyArgs {
 
 impl StandbyArgs {
     pub fn run(self, config_path: &Path) -> Result<i32> {
-        let (config, cluster) = crate::cmd::load_config_and_cluster(config_path)?;
+        let node = Node::load(config_path)?;
+        let (config, cluster) = (&node.config, &node.cluster);
         let password = config.read_password()?;
-        let own_address = crate::cmd::find_local_address(&config.standby.addresses)?.ok_or_else(|| {
+        let own_address = find_local_address(&config.standby.addresses)?.ok_or_else(|| {
             let have: Vec<String> =
                 crate::host::local_addresses().unwrap_or_default().iter().map(ToString::to_string).collect();
             anyhow!(
@@ -46,14 +51,14 @@ impl StandbyArgs {
                 have.join(", ")
             )
         })?;
-        let context = StandbyContext { config: &config, cluster: &cluster, password: &password, own_address };
-        let passfile = PrivatePassfile::new(&config, &password)?;
+        let context = StandbyContext { config, cluster, password: &password, own_address };
+        let passfile = PrivatePassfile::new(config, &password)?;
         let system_identifier = identify_primary(&context, &passfile.path)?;
         // The configured password was just proven against the primary, so a rotated password can
         // reach the passfile of an earlier clone now: the wal receiver reconnects with it instead of
         // failing until a re-clone. A first clone writes the passfile inside its own transaction.
         let earlier_clone = config.replication.passfile.exists();
-        if !self.dry_run && earlier_clone && crate::clone::write_passfile(&config, &password)? {
+        if !self.dry_run && earlier_clone && write_passfile(config, &password)? {
             log::info!("updated {} with the configured password", config.replication.passfile.display());
         }
         // Before the checks a clone needs (free space, walsenders): a healthy standby must pass at boot.
@@ -65,7 +70,7 @@ impl StandbyArgs {
             );
             let summary =
                 format!("nothing to do: cluster {} already streams from {}", cluster.id(), config.primary.address);
-            crate::clone::notify_status(&summary);
+            notify_status(&summary);
             println!("{summary}");
             return Ok(EXIT_OK);
         }
@@ -102,7 +107,7 @@ impl StandbyArgs {
             report.cloned_bytes >> 20,
             report.elapsed.as_secs_f64()
         );
-        crate::clone::notify_status(&summary);
+        notify_status(&summary);
         println!("{summary}");
         report.print_kept_data_dir();
         Ok(EXIT_OK)

@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::clone::{preflight_sslmode, primary_client_conninfo};
 use crate::config::Config;
 use crate::error::{ConfigError, EXIT_OK};
-use crate::pg::{query, query_value, Target};
+use crate::node::{find_local_address, Node};
 use crate::render::standby_name;
 use crate::replication::{parse_snapshot, parse_verify_output, snapshot_sql, verify_sql, Lsn};
+use crate::tools::poll_until;
+use crate::tools::psql::{parse_bool, query, query_value, Target};
+use crate::upstream::{preflight_sslmode, sql_target};
 use crate::version::PgVersion;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -35,7 +37,7 @@ impl VerifyArgs {
         let [version_num, in_recovery] = header.first().map(Vec::as_slice).unwrap_or_default() else {
             bail!("unexpected answer from the primary: {header:?}");
         };
-        if in_recovery == "true" {
+        if parse_bool(in_recovery)? {
             bail!(
                 "{where_} is in recovery, not a primary: after a promote, update [primary] in {} as `pgha promote` printed",
                 config_path.display()
@@ -53,10 +55,10 @@ impl VerifyArgs {
         let target_lsn = parse_verify_output(&answer)?;
         println!("wrote WAL position {target_lsn} on the primary ({where_})");
 
-        let deadline = started + Duration::from_secs(self.timeout);
+        let remaining = Duration::from_secs(self.timeout).saturating_sub(started.elapsed());
         let mut arrived: BTreeMap<IpAddr, Duration> = BTreeMap::new();
         let mut last_seen: BTreeMap<IpAddr, Option<Lsn>> = BTreeMap::new();
-        loop {
+        let all_arrived = poll_until(remaining, POLL_INTERVAL, || {
             let snapshot = parse_snapshot(&query(&target, &snapshot_sql(version))?)?;
             for address in &standbys {
                 if arrived.contains_key(address) {
@@ -77,29 +79,25 @@ impl VerifyArgs {
                     arrived.insert(*address, elapsed);
                 }
             }
-            if arrived.len() == standbys.len() {
-                println!("OK: all {} standby(s) replayed the change", standbys.len());
-                return Ok(EXIT_OK);
-            }
-            if Instant::now() >= deadline {
-                let lagging: Vec<String> = standbys
-                    .iter()
-                    .filter(|address| !arrived.contains_key(address))
-                    .map(|address| match last_seen.get(address).copied().flatten() {
-                        Some(replay) => format!(
-                            "standby {address} ({}) has replayed only up to {replay}, {} bytes short",
-                            standby_name(*address),
-                            target_lsn.bytes_after(replay)
-                        ),
-                        None => {
-                            format!("standby {address} ({}) is not connected to the primary", standby_name(*address))
-                        }
-                    })
-                    .collect();
-                bail!("timed out after {} s waiting for {target_lsn}: {}", self.timeout, lagging.join("; "));
-            }
-            std::thread::sleep(POLL_INTERVAL);
+            Ok((arrived.len() == standbys.len()).then_some(()))
+        })?;
+        if all_arrived.is_some() {
+            println!("OK: all {} standby(s) replayed the change", standbys.len());
+            return Ok(EXIT_OK);
         }
+        let lagging: Vec<String> = standbys
+            .iter()
+            .filter(|address| !arrived.contains_key(address))
+            .map(|address| match last_seen.get(address).copied().flatten() {
+                Some(replay) => format!(
+                    "standby {address} ({}) has replayed only up to {replay}, {} bytes short",
+                    standby_name(*address),
+                    target_lsn.bytes_after(replay)
+                ),
+                None => format!("standby {address} ({}) is not connected to the primary", standby_name(*address)),
+            })
+            .collect();
+        bail!("timed out after {} s waiting for {target_lsn}: {}", self.timeout, lagging.join("; "));
     }
 }
 
@@ -107,12 +105,12 @@ impl VerifyArgs {
 /// with the passfile `pgha standby` wrote.
 pub fn primary_target(config_path: &Path, config: &Config) -> Result<(Target, String)> {
     let primary = config.primary.address;
-    if crate::cmd::find_local_address(&[primary])?.is_some() {
-        let (_, cluster) = crate::cmd::load_config_and_cluster(config_path)?;
-        crate::cmd::require_online(config_path, &cluster)?;
-        return Ok((Target::local(&cluster), format!("local cluster {}", cluster.id())));
+    if find_local_address(&[primary])?.is_some() {
+        let node = Node::load(config_path)?;
+        node.require_online()?;
+        return Ok((Target::local(&node.cluster), format!("local cluster {}", node.cluster.id())));
     }
-    if crate::cmd::find_local_address(&config.standby.addresses)?.is_none() {
+    if find_local_address(&config.standby.addresses)?.is_none() {
         return Err(ConfigError::in_file(
             config_path,
             "none of this host's addresses is [primary] address or in [standby] addresses: run this on a node",
@@ -125,8 +123,7 @@ pub fn primary_target(config_path: &Path, config: &Config) -> Result<(Target, St
             config.replication.passfile.display()
         );
     }
-    let conninfo = primary_client_conninfo(config, &config.replication.passfile, preflight_sslmode(config), "postgres");
-    let target = Target::Remote { conninfo };
+    let target = sql_target(config, &config.replication.passfile, preflight_sslmode(config));
     // Fail early with a clear message instead of at the first real query.
     query_value(&target, "SELECT 1")
         .with_context(|| format!("cannot connect to the primary {primary}:{}", config.primary.port))?;

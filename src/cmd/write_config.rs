@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::apply::Transaction;
 use crate::config::{validate_password, Config, DEFAULT_ARCHIVE_DIR, DEFAULT_PASSWORD_FILE};
 use crate::error::{ConfigError, EXIT_OK};
-use crate::plan::{file_change, Ownership};
+use crate::files::apply::Transaction;
+use crate::files::plan::{file_change, Ownership};
+use crate::render::render_config_file;
 
 #[derive(Debug, Args)]
 pub struct WriteConfigArgs {
@@ -40,37 +41,6 @@ pub struct WriteConfigArgs {
 
 pub fn split_addresses(text: &str) -> Vec<String> {
     text.split(|c: char| c == ',' || c.is_whitespace()).filter(|part| !part.is_empty()).map(str::to_string).collect()
-}
-
-fn toml_string(text: &str) -> String {
-    toml::Value::String(text.to_string()).to_string()
-}
-
-/// The commented pgha.conf for the given answers; the shipped example is this with example values.
-pub fn render_config_file(
-    primary_address: &str,
-    standby_addresses: &[String],
-    user: &str,
-    password_file: &Path,
-    archive_directory: &Path,
-) -> Result<String> {
-    let mut tera = tera::Tera::default();
-    tera.autoescape_on(vec![]);
-    tera.add_raw_template("pgha.conf", include_str!("../../templates/pgha.conf.tera"))?;
-    let mut context = tera::Context::new();
-    context.insert("cluster_version", &Option::<String>::None);
-    context.insert("cluster_name", &Option::<String>::None);
-    context.insert("primary_address", &toml_string(primary_address));
-    context.insert("port", &5432);
-    let list: Vec<String> = standby_addresses.iter().map(|a| toml_string(a)).collect();
-    context.insert("standby_addresses", &format!("[{}]", list.join(", ")));
-    context.insert("user", &toml_string(user));
-    context.insert("password_file", &toml_string(&password_file.display().to_string()));
-    context.insert("slots", &true);
-    context.insert("archive_enabled", &true);
-    context.insert("archive_directory", &toml_string(&archive_directory.display().to_string()));
-    context.insert("keep", &toml_string("7d"));
-    Ok(tera.render("pgha.conf", &context)?)
 }
 
 impl WriteConfigArgs {

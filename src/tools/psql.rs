@@ -1,18 +1,18 @@
-//! Talking to PostgreSQL through psql, and quoting for every syntax pgha writes.
+//! psql: the one way pgha talks SQL to a server, local or remote, and the typed reading of
+//! its answers (rows, booleans, and why a connection failed).
 //!
 //! SQL travels on psql's stdin, never in argv, so nothing pgha sends shows in `ps`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::debian::Cluster;
-use crate::host::postgres_command;
-
-pub const SOCKET_DIR: &str = "/var/run/postgresql";
+use crate::quote::conninfo_quote;
+use crate::tools::{poll_until, postgres_command};
 
 const FIELD_SEPARATOR: char = '\u{1f}';
 const RECORD_SEPARATOR: char = '\u{1e}';
@@ -20,20 +20,22 @@ const RECORD_SEPARATOR: char = '\u{1e}';
 /// A connection target for psql: the local cluster over its Unix socket, or a conninfo string.
 #[derive(Clone, Debug)]
 pub enum Target {
-    Local { port: u16, database: String },
+    Local { socket_dir: PathBuf, port: u16, database: String },
     Remote { conninfo: String },
 }
 
 impl Target {
     pub fn local(cluster: &Cluster) -> Target {
-        Target::Local { port: cluster.port, database: "postgres".into() }
+        Target::Local { socket_dir: cluster.socket_dir.clone(), port: cluster.port, database: "postgres".into() }
     }
 
     fn conninfo(&self) -> String {
         match self {
-            Target::Local { port, database } => {
-                format!("host={SOCKET_DIR} port={port} dbname={} connect_timeout=10", conninfo_quote(database))
-            }
+            Target::Local { socket_dir, port, database } => format!(
+                "host={} port={port} dbname={} connect_timeout=10",
+                conninfo_quote(&socket_dir.display().to_string()),
+                conninfo_quote(database)
+            ),
             Target::Remote { conninfo } => conninfo.clone(),
         }
     }
@@ -110,59 +112,83 @@ pub fn query_value(target: &Target, sql: &str) -> Result<String> {
     }
 }
 
+/// A one-row, one-column boolean answer.
+pub fn query_bool(target: &Target, sql: &str) -> Result<bool> {
+    parse_bool(&query_value(target, sql)?)
+}
+
+/// A boolean as psql prints it: `t`/`f` for a bool column, `true`/`false` for its text cast.
+pub fn parse_bool(text: &str) -> Result<bool> {
+    match text {
+        "t" | "true" => Ok(true),
+        "f" | "false" => Ok(false),
+        other => bail!("expected a boolean from the server, got {other:?}"),
+    }
+}
+
 /// Polls until the server answers queries, or the timeout passes.
 pub fn wait_until_ready(target: &Target, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match query_value(target, "SELECT 1") {
-            Ok(_) => return Ok(()),
-            Err(error) if Instant::now() >= deadline => {
-                return Err(
-                    error.context(format!("the server did not accept connections within {}s", timeout.as_secs()))
-                )
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+    let mut last_error = None;
+    let ready = poll_until(timeout, Duration::from_millis(250), || match query_value(target, "SELECT 1") {
+        Ok(_) => Ok(Some(())),
+        Err(error) => {
+            last_error = Some(error);
+            Ok(None)
         }
+    })?;
+    match (ready, last_error) {
+        (Some(()), _) => Ok(()),
+        (None, error) => Err(error
+            .unwrap_or_else(|| anyhow::anyhow!("no answer"))
+            .context(format!("the server did not accept connections within {}s", timeout.as_secs()))),
     }
 }
 
-/// An SQL string literal; E'' form when backslashes appear, so the result is the same
-/// whatever `standard_conforming_strings` says.
-pub fn sql_literal(text: &str) -> String {
-    let doubled = text.replace('\'', "''");
-    if text.contains('\\') {
-        format!("E'{}'", doubled.replace('\\', "\\\\"))
-    } else {
-        format!("'{doubled}'")
+/// Why a connection attempt failed, read from libpq's message (psql prints it to stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionFailure {
+    /// Nobody answered at that address: refused, timed out, no route.
+    Unreachable,
+    StartingUp,
+    ShuttingDown,
+    PasswordRejected,
+    NoHbaEntry,
+    NoSuchRole,
+    /// Anything else: the server answered, or psql failed for another reason.
+    Other,
+}
+
+impl ConnectionFailure {
+    /// No server answers as a running one: nobody at the address, or one starting or stopping.
+    pub fn is_unreachable(self) -> bool {
+        matches!(self, ConnectionFailure::Unreachable | ConnectionFailure::StartingUp | ConnectionFailure::ShuttingDown)
     }
 }
 
-pub fn sql_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A string value in postgresql.conf or recovery.conf, where backslash is an escape character.
-pub fn conf_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
-}
-
-/// A value in a libpq conninfo string, quoted only when it has to be, so the common case stays readable.
-pub fn conninfo_quote(text: &str) -> String {
-    let plain = !text.is_empty() && text.chars().all(|c| !c.is_whitespace() && c != '\'' && c != '\\' && c != '=');
-    if plain {
-        text.to_string()
+/// libpq's messages are English whatever the server's lc_messages: psql runs with LANG=C.UTF-8.
+pub fn classify_failure(error_text: &str) -> ConnectionFailure {
+    const UNREACHABLE: [&str; 6] = [
+        "Connection refused",
+        "timeout expired",
+        "No route to host",
+        "Network is unreachable",
+        "could not connect to server: Connection",
+        "Host is unreachable",
+    ];
+    if error_text.contains("the database system is starting up") {
+        ConnectionFailure::StartingUp
+    } else if error_text.contains("the database system is shutting down") {
+        ConnectionFailure::ShuttingDown
+    } else if UNREACHABLE.iter().any(|needle| error_text.contains(needle)) {
+        ConnectionFailure::Unreachable
+    } else if error_text.contains("password authentication failed") {
+        ConnectionFailure::PasswordRejected
+    } else if error_text.contains("no pg_hba.conf entry") {
+        ConnectionFailure::NoHbaEntry
+    } else if error_text.contains("does not exist") && error_text.contains("role") {
+        ConnectionFailure::NoSuchRole
     } else {
-        format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
-    }
-}
-
-/// A POSIX shell word, for commands PostgreSQL hands to /bin/sh (archive_command).
-pub fn shell_quote(text: &str) -> String {
-    let plain = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+,".contains(c));
-    if plain {
-        text.to_string()
-    } else {
-        format!("'{}'", text.replace('\'', "'\\''"))
+        ConnectionFailure::Other
     }
 }
 
@@ -200,16 +226,24 @@ mod tests {
     }
 
     #[test]
-    fn quoting() {
-        assert_eq!(sql_literal("it's"), "'it''s'");
-        assert_eq!(sql_literal("a\\b'"), "E'a\\\\b'''");
-        assert_eq!(sql_identifier("we\"ird"), "\"we\"\"ird\"");
-        assert_eq!(conf_quote("a'b\\c"), "'a''b\\\\c'");
-        assert_eq!(conninfo_quote("o'k\\"), "'o\\'k\\\\'");
-        assert_eq!(conninfo_quote("10.0.0.1"), "10.0.0.1");
-        assert_eq!(conninfo_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's here"), "'it'\\''s here'");
-        assert_eq!(shell_quote("/var/backups/pgsql/archive"), "/var/backups/pgsql/archive");
-        assert_eq!(shell_quote("/x/$HOME"), "'/x/$HOME'");
+    fn booleans_in_both_spellings() {
+        assert!(parse_bool("t").unwrap() && parse_bool("true").unwrap());
+        assert!(!parse_bool("f").unwrap() && !parse_bool("false").unwrap());
+        assert!(parse_bool("").is_err() && parse_bool("yes").is_err());
+    }
+
+    #[test]
+    fn unreachable_means_nobody_answered() {
+        let unreachable = |text| classify_failure(text).is_unreachable();
+        assert!(unreachable("psql: error: connection to server at \"10.0.0.1\", port 5432 failed: Connection refused"));
+        assert!(unreachable("psql: error: connection to server at \"10.0.0.1\", port 5432 failed: timeout expired"));
+        assert!(!unreachable("FATAL:  password authentication failed for user \"replicator\""));
+        assert!(!unreachable("FATAL:  no pg_hba.conf entry for host \"10.0.0.2\""));
+        assert_eq!(classify_failure("FATAL:  the database system is starting up"), ConnectionFailure::StartingUp);
+        assert_eq!(
+            classify_failure("FATAL:  no pg_hba.conf entry for host \"10.0.0.2\""),
+            ConnectionFailure::NoHbaEntry
+        );
+        assert_eq!(classify_failure("FATAL:  role \"x\" does not exist"), ConnectionFailure::NoSuchRole);
     }
 }

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use similar::TextDiff;
 
+use crate::hba::merge_block;
+use crate::host::postgres_account;
+use crate::render::{FileKind, RenderedFile};
+
 /// Owner and mode a written file must end up with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ownership {
@@ -113,6 +117,24 @@ pub fn file_change(path: &Path, new: String, ownership: Ownership) -> Result<Opt
         }
     }
     Ok(Some(FileChange { path: path.to_path_buf(), old, new, ownership }))
+}
+
+/// The change a rendered configuration file needs: whole files owned by postgres (0644), the
+/// pg_hba.conf block merged into the admin's file with its owner and mode kept.
+pub fn rendered_file_change(file: RenderedFile) -> Result<Option<FileChange>> {
+    match file.kind {
+        FileKind::Whole => {
+            let postgres = postgres_account()?;
+            file_change(&file.path, file.content, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o644 })
+        }
+        FileKind::HbaBlock => {
+            let current =
+                fs::read_to_string(&file.path).with_context(|| format!("cannot read {}", file.path.display()))?;
+            let merged = merge_block(&current, &file.content)
+                .map_err(|message| anyhow::anyhow!("{}: {message}", file.path.display()))?;
+            file_change(&file.path, merged, existing_ownership(&file.path)?)
+        }
+    }
 }
 
 /// Owner and mode of an existing file, so a rewrite keeps what the admin or Debian chose.

@@ -12,12 +12,56 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::ConfigError;
+
+mod values;
+
 use crate::version::PgVersion;
+use values::{
+    absolute, in_range, parse_ip, parse_port, parse_size_mb, parse_sslmode, parse_version_value, validate_cluster_name,
+};
+pub use values::{parse_duration, validate_password, validate_role_name};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pgha/pgha.conf";
 pub const DEFAULT_PASSWORD_FILE: &str = "/etc/pgha/replication.password";
 pub const DEFAULT_PASSFILE: &str = "/var/lib/postgresql/.pgha.pgpass";
 pub const DEFAULT_ARCHIVE_DIR: &str = "/var/backups/pgsql/archive";
+
+/// Every other default, in one place: `Config::from_raw` applies them, and the example pgha.conf
+/// and pgha.conf(5) show them (the template reads them from here).
+#[derive(Debug, serde::Serialize)]
+pub struct Defaults {
+    pub port: u16,
+    pub max_wal_senders: i64,
+    pub wal_keep_size: &'static str,
+    pub max_slot_wal_keep_size: &'static str,
+    pub streaming_timeout: &'static str,
+    pub user: &'static str,
+    pub password_file: &'static str,
+    pub passfile: &'static str,
+    pub slots: bool,
+    pub connection_limit: i64,
+    pub sslmode: &'static str,
+    pub archive_enabled: bool,
+    pub archive_directory: &'static str,
+    pub keep: &'static str,
+}
+
+pub const DEFAULTS: Defaults = Defaults {
+    port: 5432,
+    max_wal_senders: 10,
+    wal_keep_size: "1GB",
+    max_slot_wal_keep_size: "20GB",
+    streaming_timeout: "5min",
+    user: "replicator",
+    password_file: DEFAULT_PASSWORD_FILE,
+    passfile: DEFAULT_PASSFILE,
+    slots: true,
+    connection_limit: 5,
+    sslmode: "auto",
+    archive_enabled: true,
+    archive_directory: DEFAULT_ARCHIVE_DIR,
+    keep: "7d",
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,13 +232,16 @@ impl Config {
             .ok_or_else(|| bad("primary.address", "missing: expected the primary's IPv4 or IPv6 address".into()))?;
         let primary = Primary {
             address: parse_ip(&address).map_err(|message| bad("primary.address", message))?,
-            port: parse_port(raw_primary.port.unwrap_or(5432)).map_err(|message| bad("primary.port", message))?,
-            max_wal_senders: in_range(raw_primary.max_wal_senders.unwrap_or(10), 2, 1000)
+            port: parse_port(raw_primary.port.unwrap_or(i64::from(DEFAULTS.port)))
+                .map_err(|message| bad("primary.port", message))?,
+            max_wal_senders: in_range(raw_primary.max_wal_senders.unwrap_or(DEFAULTS.max_wal_senders), 2, 1000)
                 .map_err(|message| bad("primary.max_wal_senders", message))?,
-            wal_keep_mb: parse_size_mb(raw_primary.wal_keep_size.as_deref().unwrap_or("1GB"))
+            wal_keep_mb: parse_size_mb(raw_primary.wal_keep_size.as_deref().unwrap_or(DEFAULTS.wal_keep_size))
                 .map_err(|message| bad("primary.wal_keep_size", message))?,
-            max_slot_wal_keep_mb: parse_size_mb(raw_primary.max_slot_wal_keep_size.as_deref().unwrap_or("20GB"))
-                .map_err(|message| bad("primary.max_slot_wal_keep_size", message))?,
+            max_slot_wal_keep_mb: parse_size_mb(
+                raw_primary.max_slot_wal_keep_size.as_deref().unwrap_or(DEFAULTS.max_slot_wal_keep_size),
+            )
+            .map_err(|message| bad("primary.max_slot_wal_keep_size", message))?,
         };
 
         let raw_standby = raw.standby.ok_or_else(|| {
@@ -222,12 +269,14 @@ impl Config {
         }
         let standby = Standby {
             addresses,
-            streaming_timeout: parse_duration(raw_standby.streaming_timeout.as_deref().unwrap_or("5min"))
-                .map_err(|message| bad("standby.streaming_timeout", message))?,
+            streaming_timeout: parse_duration(
+                raw_standby.streaming_timeout.as_deref().unwrap_or(DEFAULTS.streaming_timeout),
+            )
+            .map_err(|message| bad("standby.streaming_timeout", message))?,
         };
 
         let raw_replication = raw.replication.unwrap_or_default();
-        let user = raw_replication.user.unwrap_or_else(|| "replicator".to_string());
+        let user = raw_replication.user.unwrap_or_else(|| DEFAULTS.user.to_string());
         validate_role_name(&user).map_err(|message| bad("replication.user", message))?;
         let replication = Replication {
             user,
@@ -235,19 +284,19 @@ impl Config {
                 .map_err(|message| bad("replication.password_file", message))?,
             passfile: absolute(raw_replication.passfile.unwrap_or_else(|| DEFAULT_PASSFILE.into()))
                 .map_err(|message| bad("replication.passfile", message))?,
-            slots: raw_replication.slots.unwrap_or(true),
-            connection_limit: in_range(raw_replication.connection_limit.unwrap_or(5), 2, 1000)
+            slots: raw_replication.slots.unwrap_or(DEFAULTS.slots),
+            connection_limit: in_range(raw_replication.connection_limit.unwrap_or(DEFAULTS.connection_limit), 2, 1000)
                 .map_err(|message| bad("replication.connection_limit", message))?,
-            sslmode: parse_sslmode(raw_replication.sslmode.as_deref().unwrap_or("auto"))
+            sslmode: parse_sslmode(raw_replication.sslmode.as_deref().unwrap_or(DEFAULTS.sslmode))
                 .map_err(|message| bad("replication.sslmode", message))?,
         };
 
         let raw_archive = raw.archive.unwrap_or_default();
         let archive = Archive {
-            enabled: raw_archive.enabled.unwrap_or(true),
+            enabled: raw_archive.enabled.unwrap_or(DEFAULTS.archive_enabled),
             directory: absolute(raw_archive.directory.unwrap_or_else(|| DEFAULT_ARCHIVE_DIR.into()))
                 .map_err(|message| bad("archive.directory", message))?,
-            keep: parse_duration(raw_archive.keep.as_deref().unwrap_or("7d"))
+            keep: parse_duration(raw_archive.keep.as_deref().unwrap_or(DEFAULTS.keep))
                 .map_err(|message| bad("archive.keep", message))?,
         };
         if archive.keep.is_zero() {
@@ -308,156 +357,6 @@ pub fn read_password_file(config_path: &Path, file: &Path) -> Result<Password, C
     let password = password.strip_suffix('\r').unwrap_or(password);
     validate_password(password).map_err(problem)?;
     Ok(Password(password.to_string()))
-}
-
-pub fn validate_password(password: &str) -> Result<(), String> {
-    if password.is_empty() {
-        return Err("the password is empty: expected the replication password on one line".into());
-    }
-    // A libpq passfile is line-based, so a line break cannot be stored in one.
-    if password.contains('\n') || password.contains('\r') {
-        return Err("the password contains a line break: expected a single line (a passfile cannot hold one)".into());
-    }
-    if password.contains('\0') {
-        return Err("the password contains a NUL byte".into());
-    }
-    Ok(())
-}
-
-fn parse_version_value(value: &toml::Value) -> Result<PgVersion, String> {
-    let text = match value {
-        toml::Value::Integer(number) => number.to_string(),
-        toml::Value::Float(number) => format!("{number}"),
-        toml::Value::String(text) => text.clone(),
-        other => return Err(format!("{other} is not a version: expected 9.5, 9.6 or 10 to 18")),
-    };
-    text.parse()
-}
-
-fn validate_cluster_name(name: &str) -> Result<(), String> {
-    // pg_createcluster's own rule: the name becomes a path component and a systemd instance name.
-    let ok = !name.is_empty()
-        && !name.starts_with('-')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-        && name != "."
-        && name != "..";
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a cluster name: expected letters, digits, '_', '-' or '.' as pg_lsclusters shows it"
-        ))
-    }
-}
-
-/// Role names pgha can put into SQL, pg_hba.conf and a passfile without ambiguity.
-pub fn validate_role_name(name: &str) -> Result<(), String> {
-    let expected = "expected 1 to 63 bytes of letters, digits, '_', '-', '.', '@' or '$', not starting with pg_";
-    if name.is_empty() {
-        return Err(format!("the user name is empty: {expected}"));
-    }
-    if name.len() > 63 {
-        return Err(format!("{name:?} is {} bytes long; PostgreSQL truncates names to 63: {expected}", name.len()));
-    }
-    // pg_hba.conf has no way to escape a double quote, and control characters break every file format involved.
-    if let Some(bad) = name.chars().find(|c| c.is_control() || *c == '"' || c.is_whitespace() || *c == ',') {
-        return Err(format!("{name:?} contains {bad:?}, which pg_hba.conf cannot express: {expected}"));
-    }
-    if name.starts_with("pg_") {
-        return Err(format!("{name:?}: names starting with pg_ are reserved by PostgreSQL: {expected}"));
-    }
-    if name.starts_with('+') || name.starts_with('@') {
-        return Err(format!("{name:?}: a leading '+' or '@' means a group or a file in pg_hba.conf: {expected}"));
-    }
-    let reserved = [
-        "all",
-        "replication",
-        "samerole",
-        "samegroup",
-        "sameuser",
-        "public",
-        "none",
-        "current_role",
-        "current_user",
-        "session_user",
-        "postgres",
-    ];
-    if reserved.contains(&name.to_ascii_lowercase().as_str()) {
-        return Err(format!(
-            "{name:?} is reserved (a pg_hba.conf keyword, an SQL keyword or the superuser): expected a dedicated replication role such as \"replicator\""
-        ));
-    }
-    Ok(())
-}
-
-fn parse_ip(text: &str) -> Result<IpAddr, String> {
-    let address: IpAddr = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not an IP address: expected an IPv4 or IPv6 literal such as 192.0.2.10"))?;
-    if address.is_unspecified() || address.is_multicast() {
-        return Err(format!("{text:?} cannot be a host's address: expected a unicast IPv4 or IPv6 address"));
-    }
-    Ok(address)
-}
-
-fn parse_port(port: i64) -> Result<u16, String> {
-    match u16::try_from(port) {
-        Ok(port) if port > 0 => Ok(port),
-        _ => Err(format!("{port} is not a TCP port: expected 1 to 65535")),
-    }
-}
-
-fn in_range(value: i64, min: i64, max: i64) -> Result<u32, String> {
-    if (min..=max).contains(&value) {
-        Ok(value as u32)
-    } else {
-        Err(format!("{value} is out of range: expected {min} to {max}"))
-    }
-}
-
-fn parse_sslmode(text: &str) -> Result<SslMode, String> {
-    Ok(match text {
-        "auto" => SslMode::Auto,
-        "disable" => SslMode::Disable,
-        "require" => SslMode::Require,
-        "verify-ca" => SslMode::VerifyCa,
-        "verify-full" => SslMode::VerifyFull,
-        _ => {
-            return Err(format!("{text:?} is not supported: expected auto, require, verify-ca, verify-full or disable"))
-        }
-    })
-}
-
-/// Durations such as "7d", "12h", "90s" or "5min".
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|_| {
-        format!("{text:?} is not a duration: expected a number and a unit, such as \"7d\", \"12h\" or \"90s\"")
-    })
-}
-
-/// Sizes in PostgreSQL's notation ("512MB", "1GB", "2TB"), returned in megabytes.
-pub fn parse_size_mb(text: &str) -> Result<u64, String> {
-    let expected = || format!("{text:?} is not a size: expected a number and MB, GB or TB, such as \"1GB\"");
-    let trimmed = text.trim();
-    let split = trimmed.find(|c: char| !c.is_ascii_digit()).ok_or_else(expected)?;
-    let (number, unit) = trimmed.split_at(split);
-    let number: u64 = number.parse().map_err(|_| expected())?;
-    let factor = match unit.trim() {
-        "MB" => 1,
-        "GB" => 1024,
-        "TB" => 1024 * 1024,
-        _ => return Err(expected()),
-    };
-    number.checked_mul(factor).ok_or_else(expected)
-}
-
-fn absolute(path: PathBuf) -> Result<PathBuf, String> {
-    if path.is_absolute() {
-        Ok(path)
-    } else {
-        Err(format!("{:?} is relative: expected an absolute path", path.display().to_string()))
-    }
 }
 
 #[cfg(test)]

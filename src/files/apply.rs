@@ -1,4 +1,4 @@
-//! The one place pgha writes files. Writes are atomic (temp file in the same directory, fsync,
+//! The one writer of configuration files. Writes are atomic (temp file in the same directory, fsync,
 //! rename, fsync the directory), and every change is recorded so a failed run can be undone.
 
 use std::fs::{self, File};
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::plan::{FileChange, Ownership};
+use crate::files::plan::{existing_ownership, FileChange, Ownership};
 
 /// Writes `content` to `path` atomically with the given owner and mode.
 pub fn write_atomic(path: &Path, content: &[u8], ownership: Ownership) -> Result<()> {
@@ -60,7 +60,7 @@ impl Transaction {
             Some(content) => Undo::Restore {
                 path: change.path.clone(),
                 content: content.clone(),
-                ownership: crate::plan::existing_ownership(&change.path)?,
+                ownership: existing_ownership(&change.path)?,
             },
             None => Undo::Remove(change.path.clone()),
         };
@@ -121,7 +121,7 @@ fn describe_undo(undo: &Undo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::file_change;
+    use crate::files::plan::file_change;
     use std::os::unix::fs::MetadataExt;
 
     fn mine(mode: u32) -> Ownership {

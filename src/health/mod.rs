@@ -1,0 +1,281 @@
+//! The health rules of `pgha status`: a report of this host's role and replication, judged
+//! from one snapshot of the server. Pure: the status command gathers, this module decides.
+
+use std::net::IpAddr;
+
+use crate::config::Config;
+use crate::debian::Cluster;
+use crate::render::standby_name;
+mod report;
+
+use crate::replication::{format_bytes, sender_lag, standby_lag, Health, Lag, LagLimit, Snapshot};
+pub use report::{format_table, ClusterReport, ReceiverReport, Report, SlotReport, StandbyReport};
+
+/// Limits in force: the defaults unless the admin gave some of that level.
+pub struct Limits {
+    pub warn: Vec<LagLimit>,
+    pub crit: Vec<LagLimit>,
+}
+
+impl Limits {
+    /// The limits given, or 16MB to warn and 1GB for critical.
+    pub fn new(warn: &[LagLimit], crit: &[LagLimit]) -> Limits {
+        let or_default = |given: &[LagLimit], default: u64| {
+            if given.is_empty() {
+                vec![LagLimit::Bytes(default)]
+            } else {
+                given.to_vec()
+            }
+        };
+        Limits { warn: or_default(warn, 16 << 20), crit: or_default(crit, 1 << 30) }
+    }
+
+    fn judge(&self, report: &mut Report, who: &str, lag: Lag) {
+        if let Some(limit) = self.crit.iter().find(|limit| limit.exceeded_by(lag)) {
+            report.problem(Health::Critical, format!("{who} lags more than {limit} ({})", describe_lag(lag)));
+        } else if let Some(limit) = self.warn.iter().find(|limit| limit.exceeded_by(lag)) {
+            report.problem(Health::Warning, format!("{who} lags more than {limit} ({})", describe_lag(lag)));
+        }
+    }
+}
+
+fn describe_lag(lag: Lag) -> String {
+    let bytes = lag.bytes.map_or("? bytes".to_string(), format_bytes);
+    let seconds = lag.seconds.map_or("? s".to_string(), |s| format!("{s:.1} s"));
+    format!("{bytes}, {seconds}")
+}
+
+/// The health rules, applied to one snapshot. Kept free of I/O.
+pub fn describe(report: &mut Report, config: &Config, cluster: &Cluster, snapshot: &Snapshot, limits: &Limits) {
+    let role = if snapshot.in_recovery { "standby" } else { "primary" };
+    report.role = Some(role);
+    report.wal_lsn = snapshot.wal_lsn;
+    if let Some(configured) = report.configured_role {
+        if configured != role {
+            report.problem(
+                Health::Warning,
+                format!(
+                    "cluster {} runs as a {role} but {} lists this host as the {configured}: \
+                     after a promote, update [primary] and [standby] as `pgha promote` printed, or run `pgha rejoin`",
+                    cluster.id(),
+                    config.path.display()
+                ),
+            );
+        }
+    }
+    for slot in &snapshot.slots {
+        let retained = match (snapshot.wal_lsn, slot.restart_lsn) {
+            (Some(current), Some(restart)) => Some(current.bytes_after(restart)),
+            _ => None,
+        };
+        if !slot.active && retained.is_some_and(|bytes| bytes > 0) {
+            report.problem(
+                Health::Warning,
+                format!(
+                    "slot {} is inactive and holds {} of WAL: drop it with SELECT pg_drop_replication_slot('{}') if its standby is gone",
+                    slot.name,
+                    format_bytes(retained.unwrap_or(0)),
+                    slot.name
+                ),
+            );
+        }
+        if slot.wal_status.as_deref() == Some("lost") {
+            report.problem(
+                Health::Critical,
+                format!("slot {} lost WAL its standby needs: that standby must be cloned again", slot.name),
+            );
+        }
+        report.slots.push(SlotReport {
+            name: slot.name.clone(),
+            slot_type: slot.slot_type.clone(),
+            active: slot.active,
+            restart_lsn: slot.restart_lsn,
+            retained_bytes: retained,
+            wal_status: slot.wal_status.clone(),
+        });
+    }
+    if snapshot.in_recovery {
+        describe_standby(report, config, snapshot, limits);
+    } else {
+        describe_primary(report, config, snapshot, limits);
+    }
+}
+
+fn describe_primary(report: &mut Report, config: &Config, snapshot: &Snapshot, limits: &Limits) {
+    let own: Option<IpAddr> = report.host_address.as_deref().and_then(|text| text.parse().ok());
+    let expected: Vec<IpAddr> = config.node_addresses().into_iter().filter(|address| Some(*address) != own).collect();
+    for sender in &snapshot.senders {
+        let configured = expected
+            .iter()
+            .any(|address| sender.client_addr == Some(*address) || sender.application_name == standby_name(*address));
+        let lag = sender_lag(sender, snapshot.wal_lsn);
+        let who = format!(
+            "standby {} ({})",
+            sender.client_addr.map_or("local".to_string(), |a| a.to_string()),
+            sender.application_name
+        );
+        if configured {
+            if sender.state != "streaming" {
+                report.problem(Health::Warning, format!("{who} is in state {:?}, not streaming", sender.state));
+            }
+            limits.judge(report, &who, lag);
+        }
+        report.standbys.push(StandbyReport {
+            address: sender.client_addr.map(|address| address.to_string()),
+            application_name: Some(sender.application_name.clone()),
+            configured,
+            state: sender.state.clone(),
+            sync_state: Some(sender.sync_state.clone()),
+            sent_lsn: sender.sent,
+            write_lsn: sender.write,
+            flush_lsn: sender.flush,
+            replay_lsn: sender.replay,
+            lag,
+        });
+    }
+    for address in expected {
+        let connected = snapshot
+            .senders
+            .iter()
+            .any(|sender| sender.client_addr == Some(address) || sender.application_name == standby_name(address));
+        if !connected {
+            report.problem(Health::Critical, format!("standby {address} is not connected"));
+            report.standbys.push(StandbyReport {
+                address: Some(address.to_string()),
+                application_name: Some(standby_name(address)),
+                configured: true,
+                state: "disconnected".into(),
+                sync_state: None,
+                sent_lsn: None,
+                write_lsn: None,
+                flush_lsn: None,
+                replay_lsn: None,
+                lag: Lag { bytes: None, seconds: None },
+            });
+        }
+    }
+}
+
+fn describe_standby(report: &mut Report, config: &Config, snapshot: &Snapshot, limits: &Limits) {
+    let progress = snapshot.progress.clone().unwrap_or(crate::replication::Progress {
+        receive: None,
+        replay: snapshot.wal_lsn,
+        seconds_since_replayed_commit: None,
+    });
+    let lag = standby_lag(&progress, snapshot.receiver.as_ref());
+    let status = match &snapshot.receiver {
+        Some(receiver) => receiver.status.clone(),
+        None if snapshot.version >= crate::version::PgVersion::new(9, 6) => "stopped".to_string(),
+        None => "unknown".to_string(),
+    };
+    match status.as_str() {
+        "streaming" => {}
+        "unknown" => report.problem(
+            Health::Warning,
+            "PostgreSQL 9.5 cannot show the WAL receiver: check the primary with `pgha status` there".into(),
+        ),
+        other => report.problem(
+            Health::Critical,
+            format!(
+                "the WAL receiver is {other}, not streaming from {}:{}: see the cluster log",
+                config.primary.address, config.primary.port
+            ),
+        ),
+    }
+    if let Some(host) = snapshot.receiver.as_ref().and_then(|receiver| receiver.sender_host.as_deref()) {
+        if host.parse::<IpAddr>().ok() != Some(config.primary.address) && !host.starts_with('/') {
+            report.problem(
+                Health::Warning,
+                format!("this standby follows {host}, but [primary] address is {}", config.primary.address),
+            );
+        }
+    }
+    limits.judge(report, "this standby", lag);
+    let receiver = snapshot.receiver.as_ref();
+    report.receiver = Some(ReceiverReport {
+        status,
+        primary_host: receiver.and_then(|r| r.sender_host.clone()),
+        primary_port: receiver.and_then(|r| r.sender_port),
+        conninfo: receiver.map(|r| r.conninfo.clone()).filter(|conninfo| !conninfo.is_empty()),
+        slot_name: receiver.and_then(|r| r.slot_name.clone()),
+        receive_lsn: progress.receive,
+        replay_lsn: progress.replay,
+        lag,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::replication::parse_snapshot;
+    use crate::version::PgVersion;
+
+    fn report_for(sample: &str, own: &str, config_text: &str) -> Report {
+        let config = Config::parse(Path::new("/etc/pgha/pgha.conf"), config_text).unwrap();
+        let cluster = Cluster {
+            version: PgVersion::new(15, 0),
+            name: "main".into(),
+            port: 5432,
+            data_dir: PathBuf::from("/var/lib/postgresql/15/main"),
+            config_dir: PathBuf::from("/etc/postgresql/15/main"),
+            socket_dir: PathBuf::from("/var/run/postgresql"),
+            log_file: None,
+        };
+        let snapshot = parse_snapshot(&crate::tools::psql::parse_rows(sample)).unwrap();
+        let mut report = Report::empty();
+        report.host_address = Some(own.into());
+        report.configured_role = Some(if config.primary.address.to_string() == own { "primary" } else { "standby" });
+        let limits = Limits { warn: vec![LagLimit::Bytes(16 << 20)], crit: vec![LagLimit::Bytes(1 << 30)] };
+        describe(&mut report, &config, &cluster, &snapshot, &limits);
+        report.finish()
+    }
+
+    const PRIMARY: &str = include_str!("../../tests/data/status-primary-15.txt");
+    const STANDBY: &str = include_str!("../../tests/data/status-standby-15.txt");
+
+    #[test]
+    fn healthy_primary_and_standby_are_ok() {
+        let conf = "[primary]\naddress = \"10.231.245.1\"\n[standby]\naddresses = [\"10.231.245.2\"]\n";
+        let primary = report_for(PRIMARY, "10.231.245.1", conf);
+        assert_eq!(primary.status, Health::Ok, "{:?}", primary.problems);
+        assert_eq!(primary.standbys[0].lag.bytes, Some(0));
+        let standby = report_for(STANDBY, "10.231.245.2", conf);
+        assert_eq!(standby.status, Health::Ok, "{:?}", standby.problems);
+        assert_eq!(standby.receiver.as_ref().unwrap().status, "streaming");
+        assert!(format_table(&standby).starts_with("OK: standby"));
+    }
+
+    #[test]
+    fn a_missing_standby_is_critical_and_a_role_mismatch_warns() {
+        let two =
+            "[primary]\naddress = \"10.231.245.1\"\n[standby]\naddresses = [\"10.231.245.2\", \"10.231.245.3\"]\n";
+        let report = report_for(PRIMARY, "10.231.245.1", two);
+        assert_eq!(report.status, Health::Critical);
+        assert!(report
+            .standbys
+            .iter()
+            .any(|s| s.state == "disconnected" && s.address.as_deref() == Some("10.231.245.3")));
+        // After a promote, before the config changed: B runs as primary, pgha.conf still calls it a standby.
+        let stale = "[primary]\naddress = \"10.231.245.2\"\n[standby]\naddresses = [\"10.231.245.1\"]\n";
+        let report = report_for(PRIMARY, "10.231.245.1", stale);
+        assert!(report
+            .problems
+            .iter()
+            .any(|p| p.severity == Health::Warning && p.message.contains("runs as a primary")));
+    }
+
+    #[test]
+    fn a_stopped_receiver_is_critical() {
+        let conf = "[primary]\naddress = \"10.231.245.1\"\n[standby]\naddresses = [\"10.231.245.2\"]\n";
+        let without_receiver: String = STANDBY
+            .split('\u{1e}')
+            .filter(|row| !row.trim_start().starts_with("receiver"))
+            .collect::<Vec<_>>()
+            .join("\u{1e}");
+        let report = report_for(&without_receiver, "10.231.245.2", conf);
+        assert_eq!(report.status, Health::Critical);
+        assert_eq!(report.receiver.as_ref().unwrap().status, "stopped");
+    }
+}

@@ -1,0 +1,76 @@
+//! This host as pgha sees it: its pgha.conf and the Debian cluster that file names, assembled
+//! once per command, and the guards that keep a command on the host it is meant for.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::config::Config;
+use crate::debian::{select_cluster, Cluster};
+use crate::error::ConfigError;
+use crate::host::local_addresses;
+use crate::tools::pg_lsclusters;
+
+pub struct Node {
+    pub config: Config,
+    pub cluster: Cluster,
+}
+
+impl Node {
+    /// The config and the cluster it names (or the only one there is).
+    pub fn load(config_path: &Path) -> Result<Node> {
+        let config = Config::load(config_path)?;
+        Node::for_config(config)
+    }
+
+    pub fn for_config(config: Config) -> Result<Node> {
+        let listed: Vec<Cluster> = pg_lsclusters::list()?.into_iter().map(|listed| listed.cluster).collect();
+        let cluster = select_cluster(&config.path, &config.cluster, &listed)?;
+        Ok(Node { config, cluster })
+    }
+
+    /// A command that works on a running cluster refuses a stopped one as a setup error.
+    pub fn require_online(&self) -> Result<()> {
+        if pg_lsclusters::is_online(&self.cluster)? {
+            return Ok(());
+        }
+        let cluster = &self.cluster;
+        Err(ConfigError::key(
+            &self.config.path,
+            "cluster",
+            format!(
+                "cluster {} is down: expected it running; start it with `pg_ctlcluster {} {} start`",
+                cluster.id(),
+                cluster.version,
+                cluster.name
+            ),
+        )
+        .into())
+    }
+}
+
+/// Refuses to go on unless `address` is configured on this host: the guard against running
+/// a role's command on the wrong machine.
+pub fn require_local_address(config_path: &Path, key: &str, address: IpAddr) -> Result<()> {
+    let local = local_addresses()?;
+    if local.contains(&address) {
+        return Ok(());
+    }
+    let have: Vec<String> = local.iter().map(ToString::to_string).collect();
+    Err(ConfigError::key(
+        config_path,
+        key,
+        format!(
+            "{address} is not an address of this host (it has {}): run this command on the host that owns it",
+            have.join(", ")
+        ),
+    )
+    .into())
+}
+
+/// The first of `addresses` configured on this host.
+pub fn find_local_address(addresses: &[IpAddr]) -> Result<Option<IpAddr>> {
+    let local = local_addresses()?;
+    Ok(addresses.iter().copied().find(|address| local.contains(address)))
+}

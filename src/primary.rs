@@ -1,0 +1,359 @@
+//! The primary workflow: plan every change that makes this host's cluster the replication
+//! primary (archive directory, conf.d/pgha.conf, the pg_hba block, the role and its grants),
+//! then apply the plan, check it with the server before it is loaded, reload or restart, and put
+//! everything back on any failure.
+
+use std::fs;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::{Config, Password};
+use crate::debian::{log_tail, parse_includes_conf_d, Cluster};
+use crate::error::ConfigError;
+use crate::files::apply::Transaction;
+use crate::files::plan::{existing_ownership, rendered_file_change, Ownership, Plan, Step};
+use crate::host::postgres_account;
+use crate::password::{stored_matches, verifier_for};
+use crate::quote::{sql_identifier, sql_literal};
+use crate::render::{conf_fragment_path, render, Facts, Role};
+use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
+use crate::tools::psql::{parse_bool, query, query_bool, query_value, wait_until_ready, Target};
+
+/// What `pgha primary` would change on this host, and how to reach its server.
+pub struct PrimaryPlan {
+    pub plan: Plan,
+    pub target: Target,
+}
+
+/// Checks the host and computes the plan; changes nothing. All of the admin's input was checked
+/// before (the config and password were read), so a refusal here is about the host.
+pub fn prepare(config: &Config, cluster: &Cluster, password: &Password) -> Result<PrimaryPlan> {
+    let target = Target::local(cluster);
+    if query_bool(&target, "SELECT pg_is_in_recovery()")? {
+        bail!(
+            "cluster {} is a standby (in recovery): `pgha primary` only configures a running primary; \
+             use `pgha promote` to turn a standby into the primary",
+            cluster.id()
+        );
+    }
+    require_conf_d_included(cluster)?;
+    let ssl = query_value(&target, "SHOW ssl")? == "on";
+    let facts = Facts {
+        version: cluster.version,
+        config_dir: cluster.config_dir.clone(),
+        data_dir: cluster.data_dir.clone(),
+        own_address: config.primary.address,
+        local_ssl: ssl,
+        primary_ssl: ssl,
+        primary_settings: None,
+    };
+    let plan = plan(config, cluster, &facts, &target, password)?;
+    Ok(PrimaryPlan { plan, target })
+}
+
+/// How long a restarted or reloaded server gets to accept connections again.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Settings pgha writes into conf.d/pgha.conf; each must really take effect from there.
+const MANAGED_SETTINGS: [&str; 6] =
+    ["listen_addresses", "wal_level", "wal_log_hints", "max_wal_senders", "max_replication_slots", "hot_standby"];
+
+pub fn list(addresses: &[std::net::IpAddr]) -> String {
+    addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn require_conf_d_included(cluster: &Cluster) -> Result<()> {
+    let path = cluster.config_dir.join("postgresql.conf");
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    if parse_includes_conf_d(&text, &cluster.config_dir) {
+        Ok(())
+    } else {
+        Err(ConfigError::in_file(
+            &path,
+            "has no active `include_dir = 'conf.d'` line, so pgha's conf.d/pgha.conf would be ignored: \
+             expected Debian's default line at the end of the file",
+        )
+        .into())
+    }
+}
+
+pub fn plan(config: &Config, cluster: &Cluster, facts: &Facts, target: &Target, password: &Password) -> Result<Plan> {
+    let postgres = postgres_account()?;
+    let mut plan = Plan::default();
+
+    if config.archive.enabled {
+        let ownership = Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o700 };
+        if let Some(step) = archive_dir_step(config, ownership)? {
+            plan.push(step);
+        }
+    }
+
+    let conf_d = cluster.config_dir.join("conf.d");
+    if !conf_d.is_dir() {
+        plan.push(Step::CreateDir {
+            path: conf_d,
+            ownership: Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o755 },
+        });
+    }
+    for file in render(Role::Primary, config, facts)? {
+        plan.steps.extend(rendered_file_change(file)?.map(Step::WriteFile));
+    }
+    plan.steps.extend(role_step(config, cluster, target, password)?);
+    plan.steps.extend(rewind_grants_step(config, cluster, target)?);
+    Ok(plan)
+}
+
+fn archive_dir_step(config: &Config, ownership: Ownership) -> Result<Option<Step>> {
+    let directory = &config.archive.directory;
+    match fs::metadata(directory) {
+        Ok(metadata) if !metadata.is_dir() => Err(ConfigError::key(
+            &config.path,
+            "archive.directory",
+            format!("{} exists and is not a directory: expected a directory or nothing", directory.display()),
+        )
+        .into()),
+        Ok(_) if existing_ownership(directory)? == ownership => Ok(None),
+        Ok(_) | Err(_) => Ok(Some(Step::CreateDir { path: directory.clone(), ownership })),
+    }
+}
+
+/// CREATE or ALTER ROLE, only when the role is missing or differs. The password is compared
+/// against the stored verifier, because a fresh SCRAM salt would otherwise look like a change.
+fn role_step(config: &Config, cluster: &Cluster, target: &Target, password: &Password) -> Result<Option<Step>> {
+    let user = &config.replication.user;
+    let limit = config.replication.connection_limit;
+    // pg_monitor (10 and later) lets peers read replication state without being superuser.
+    let monitor = if cluster.version.has_wal_names() {
+        format!("pg_has_role({}, 'pg_monitor', 'MEMBER')", sql_literal(user))
+    } else {
+        "true".to_string()
+    };
+    let rows = query(
+        target,
+        &format!(
+            "SELECT rolcanlogin, rolreplication, rolsuper, rolconnlimit, coalesce(rolpassword, ''), {monitor} FROM pg_authid WHERE rolname = {}",
+            sql_literal(user)
+        ),
+    )?;
+    let verifier = || verifier_for(cluster.version, user, password);
+    let kind = if cluster.version.has_scram() { "SCRAM-SHA-256" } else { "md5" };
+    let (verb, password_clause) = match rows.first() {
+        None => ("CREATE", Some(verifier())),
+        Some(row) => {
+            let [login, replication, superuser, connlimit, stored, monitor] = row.as_slice() else {
+                bail!("unexpected pg_authid row {row:?}");
+            };
+            if parse_bool(superuser)? {
+                return Err(ConfigError::key(
+                    &config.path,
+                    "replication.user",
+                    format!("role {user:?} exists and is a superuser; pgha will not demote it: expected a dedicated replication role"),
+                )
+                .into());
+            }
+            let password_ok = stored_matches(cluster.version, user, stored, password);
+            if parse_bool(login)?
+                && parse_bool(replication)?
+                && connlimit == &limit.to_string()
+                && password_ok
+                && parse_bool(monitor)?
+            {
+                return Ok(None);
+            }
+            ("ALTER", (!password_ok).then(verifier))
+        }
+    };
+    let attributes =
+        format!("{verb} ROLE {} WITH LOGIN REPLICATION NOSUPERUSER CONNECTION LIMIT {limit}", sql_identifier(user));
+    let shown = match &password_clause {
+        Some(_) => format!("{attributes} PASSWORD '<{kind} verifier>'"),
+        None => attributes.clone(),
+    };
+    let mut statement = match password_clause {
+        Some(verifier) => format!("{attributes} PASSWORD {}", sql_literal(&verifier)),
+        None => attributes,
+    };
+    let mut shown = shown;
+    if cluster.version.has_wal_names() {
+        let grant = format!(";\nGRANT pg_monitor TO {}", sql_identifier(user));
+        statement.push_str(&grant);
+        shown.push_str(&grant.replace('\n', " "));
+    }
+    // Keep even the verifier out of the server log, whatever log_statement the admin chose.
+    let sql = format!("SET log_statement = 'none';\nSET log_min_duration_statement = -1;\n{statement};\n");
+    Ok(Some(Step::Sql { shown, sql }))
+}
+
+/// From 11, pg_rewind can use a non-superuser source connection given these functions; granting
+/// them lets `pgha rejoin` on a former primary rewind from this node once it is promoted (the
+/// grants reach the standbys by replication).
+fn rewind_grants_step(config: &Config, cluster: &Cluster, target: &Target) -> Result<Option<Step>> {
+    if cluster.version < crate::version::PgVersion::new(11, 0) {
+        return Ok(None);
+    }
+    let user = sql_literal(&config.replication.user);
+    let missing = query(
+        target,
+        &format!(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace \
+             AND ((proname = 'pg_ls_dir' AND pronargs = 3) OR (proname = 'pg_stat_file' AND pronargs = 2) \
+             OR (proname = 'pg_read_binary_file' AND pronargs IN (1, 4))) \
+             AND NOT (EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {user}) AND has_function_privilege({user}, p.oid, 'EXECUTE')) \
+             ORDER BY 1"
+        ),
+    )?;
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let functions: Vec<String> = missing.into_iter().filter_map(|row| row.into_iter().next()).collect();
+    let statement =
+        format!("GRANT EXECUTE ON FUNCTION {} TO {}", functions.join(", "), sql_identifier(&config.replication.user));
+    Ok(Some(Step::Sql { shown: statement.clone(), sql: format!("{statement};\n") }))
+}
+
+pub fn apply(plan: &Plan, cluster: &Cluster, target: &Target) -> Result<()> {
+    let mut transaction = Transaction::new();
+    let mut server = ServerState::Untouched;
+    let result = apply_steps(plan, cluster, target, &mut transaction, &mut server);
+    if let Err(error) = result {
+        log::error!("{error:#}");
+        log::warn!("putting back the files pgha changed");
+        transaction.rollback().context("after a failed `pgha primary`")?;
+        if let Err(restore) = restore_service(cluster, target, server) {
+            return Err(error.context(format!(
+                "`pgha primary` failed; the old configuration is back but the cluster did not come up with it: \
+                 {restore:#}\n{}",
+                log_tail(cluster, 20)
+            )));
+        }
+        return Err(error.context(format!(
+            "`pgha primary` failed; the files it changed are restored and cluster {} runs as before",
+            cluster.id()
+        )));
+    }
+    Ok(())
+}
+
+/// How far the server got with the new files, so a rollback undoes exactly that much.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerState {
+    Untouched,
+    Reloaded,
+    Restarted,
+}
+
+fn apply_steps(
+    plan: &Plan,
+    cluster: &Cluster,
+    target: &Target,
+    transaction: &mut Transaction,
+    server: &mut ServerState,
+) -> Result<()> {
+    let mut files_changed = false;
+    for step in &plan.steps {
+        match step {
+            Step::CreateDir { path, ownership } => {
+                log::info!("creating {} (mode {:04o})", path.display(), ownership.mode);
+                transaction.create_dir(path, *ownership)?;
+            }
+            Step::WriteFile(change) => {
+                log::info!("writing {}", change.path.display());
+                transaction.write(change)?;
+                files_changed = true;
+            }
+            Step::Sql { .. } => {}
+        }
+    }
+    if files_changed {
+        check_config_files(cluster, target)?;
+    }
+    for step in &plan.steps {
+        if let Step::Sql { shown, sql } = step {
+            log::info!("{shown}");
+            query(target, sql)?;
+        }
+    }
+    if !files_changed {
+        return Ok(());
+    }
+    log::info!("reloading cluster {}", cluster.id());
+    *server = ServerState::Reloaded;
+    invoke_pg_ctlcluster(cluster, ClusterAction::Reload)?;
+    wait_until_ready(target, READY_TIMEOUT)?;
+    let pending: Vec<String> = query(target, "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name")?
+        .into_iter()
+        .filter_map(|row| row.into_iter().next())
+        .collect();
+    if !pending.is_empty() {
+        log::info!("restarting cluster {}: {} only change at a restart", cluster.id(), pending.join(", "));
+        *server = ServerState::Restarted;
+        invoke_pg_ctlcluster(cluster, ClusterAction::Restart)
+            .and_then(|()| wait_until_ready(target, READY_TIMEOUT))
+            .with_context(|| format!("cluster {} did not restart\n{}", cluster.id(), log_tail(cluster, 20)))?;
+    }
+    Ok(())
+}
+
+/// Asks the server to read the files on disk before they are loaded: a syntax error or a
+/// setting overridden by a later file (postgresql.auto.conf, say) is caught while the old
+/// configuration is still the one running.
+fn check_config_files(cluster: &Cluster, target: &Target) -> Result<()> {
+    // "setting could not be applied" only means a restart is needed; pending_restart handles that.
+    // So does "cannot be changed without restarting": a restart-only setting removed from a file
+    // (re-running `pgha primary` on a promoted standby drops the standby form's max_connections etc.).
+    let errors = query(
+        target,
+        "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings \
+         WHERE error IS NOT NULL AND error <> 'setting could not be applied' \
+         AND error NOT LIKE '%cannot be changed without restarting the server'",
+    )?;
+    if !errors.is_empty() {
+        let lines: Vec<String> = errors.iter().map(|row| row.join(": ")).collect();
+        bail!("PostgreSQL rejects the configuration files:\n{}", lines.join("\n"));
+    }
+    if cluster.version.has_wal_names() {
+        let errors = query(target, "SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL")?;
+        if !errors.is_empty() {
+            let lines: Vec<String> = errors.iter().map(|row| format!("line {}", row.join(": "))).collect();
+            bail!("PostgreSQL rejects pg_hba.conf:\n{}", lines.join("\n"));
+        }
+    }
+    let fragment = conf_fragment_path(&cluster.config_dir);
+    let names = MANAGED_SETTINGS.iter().map(|name| sql_literal(name)).collect::<Vec<_>>().join(", ");
+    let overridden = query(
+        target,
+        &format!("SELECT name, sourcefile, sourceline FROM pg_file_settings WHERE applied AND name IN ({names}) AND sourcefile <> {}", sql_literal(&fragment.display().to_string())),
+    )?;
+    if !overridden.is_empty() {
+        let lines: Vec<String> = overridden
+            .iter()
+            .map(|row| match row.as_slice() {
+                [name, file, line] => format!("{name} is set again in {file} line {line}"),
+                other => format!("{} is set again elsewhere", other.join(" ")),
+            })
+            .collect();
+        bail!(
+            "settings in {} would not take effect:\n{}\nremove them there (for postgresql.auto.conf: ALTER SYSTEM RESET name)",
+            fragment.display(),
+            lines.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// After a rollback: bring the server back to the restored files, doing no more than the
+/// failed run did, so a failure before any reload leaves the server untouched.
+fn restore_service(cluster: &Cluster, target: &Target, server: ServerState) -> Result<()> {
+    if wait_until_ready(target, Duration::from_secs(2)).is_err() {
+        invoke_pg_ctlcluster(cluster, ClusterAction::Start)?;
+    } else {
+        match server {
+            ServerState::Untouched => return Ok(()),
+            ServerState::Reloaded => invoke_pg_ctlcluster(cluster, ClusterAction::Reload)?,
+            ServerState::Restarted => invoke_pg_ctlcluster(cluster, ClusterAction::Restart)?,
+        }
+    }
+    wait_until_ready(target, READY_TIMEOUT)
+}

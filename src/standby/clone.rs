@@ -1,0 +1,405 @@
+//! The safe clone: stop, pg_basebackup into staging beside the data directory, standby
+//! configuration written into staging (signal file first), a swap by rename that keeps the old
+//! data directory, start, wait for streaming. Every failure puts the host back as it was, and the
+//! error says so.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::Config;
+use crate::debian::log_tail;
+use crate::files::apply::{write_atomic, Transaction};
+use crate::files::datadir::{dir_size, fresh_staging, remove_staging, swap_back, swap_in};
+use crate::files::plan::{rendered_file_change, Ownership};
+use crate::host::postgres_account;
+use crate::notify::notify_status;
+use crate::render::{render, standby_name, Facts, HotStandbySettings, Role};
+use crate::standby::preflight::PrimaryFacts;
+use crate::standby::slots::{drop_slot_if_created, prepare_slot, SlotPlan};
+use crate::standby::streaming::wait_for_streaming;
+use crate::standby::StandbyContext;
+use crate::tools::pg_basebackup::{invoke_pg_basebackup, Basebackup};
+use crate::tools::pg_controldata::{self, RecordedSettings};
+use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
+use crate::tools::pg_lsclusters::is_online;
+use crate::tools::psql::{query_value, Target};
+use crate::upstream::{passfile_change, primary_client_conninfo, sql_target, PrivatePassfile};
+
+/// What a finished clone did, for the final message.
+#[derive(Clone, Debug)]
+pub struct CloneReport {
+    /// Where the previous data directory was moved, and how many bytes it takes.
+    pub old_data_dir: Option<(PathBuf, u64)>,
+    pub cloned_bytes: u64,
+    pub elapsed: Duration,
+}
+
+impl CloneReport {
+    /// Tells the admin where the replaced data directory is, because pgha never deletes it.
+    pub fn print_kept_data_dir(&self) {
+        if let Some((path, bytes)) = &self.old_data_dir {
+            println!(
+                "the previous data directory is kept at {} ({} MB); delete it when no longer needed",
+                path.display(),
+                bytes >> 20
+            );
+        }
+    }
+}
+
+/// Settings that make a server follow another one. A clone copies the primary's
+/// postgresql.auto.conf, which PostgreSQL reads after conf.d: any of these left there would
+/// override pgha's standby settings.
+fn is_recovery_setting(name: &str) -> bool {
+    name.starts_with("recovery_")
+        || matches!(
+            name,
+            "primary_conninfo"
+                | "primary_slot_name"
+                | "restore_command"
+                | "archive_cleanup_command"
+                | "promote_trigger_file"
+                | "trigger_file"
+                | "standby_mode"
+        )
+}
+
+/// postgresql.auto.conf without recovery settings, and the names of those removed.
+pub fn strip_recovery_settings(auto_conf: &str) -> (String, Vec<String>) {
+    let mut removed = Vec::new();
+    let mut kept = String::new();
+    for line in auto_conf.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let name: String = trimmed
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if !trimmed.starts_with('#') && is_recovery_setting(&name) {
+            removed.push(name);
+        } else {
+            kept.push_str(line);
+        }
+    }
+    (kept, removed)
+}
+
+/// The whole safe clone after preflight: stop, pg_basebackup into staging, configure staging
+/// (signal file first), swap, start, wait for streaming. On any failure the host is put back as
+/// it was and the error says so.
+pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: Duration) -> Result<CloneReport> {
+    let started = Instant::now();
+    let cluster = context.cluster;
+    let passfile = PrivatePassfile::new(context.config, context.password)?;
+    let sslmode = context.config.replication.sslmode.resolve(primary.ssl);
+    let remote = sql_target(context.config, &passfile.path, sslmode);
+    let was_running = is_online(cluster)?;
+    let staging = crate::files::datadir::staging_path(&cluster.data_dir);
+
+    if was_running {
+        log::info!("stopping cluster {}", cluster.id());
+        notify_status("stopping the local cluster");
+        invoke_pg_ctlcluster(cluster, ClusterAction::Stop)?;
+    }
+    let mut created_slot = false;
+    let result = (|| -> Result<u64> {
+        let slot_plan = prepare_slot(context, primary, &remote, &mut created_slot)?;
+        fresh_staging(&cluster.data_dir)?;
+        // Preflight saw no slot of this name, so whatever exists after a failure is this clone's.
+        created_slot |= slot_plan == SlotPlan::Create;
+        run_basebackup(context, &passfile.path, sslmode, &staging, slot_plan)?;
+        configure_staging(context, primary, &staging)?;
+        Ok(dir_size(&staging))
+    })();
+    let cloned_bytes = match result {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            let undo = undo_before_swap(context, &remote, &staging, created_slot, was_running);
+            return Err(failure(
+                error,
+                undo,
+                format!(
+                    "nothing was swapped: {} is untouched{}",
+                    cluster.data_dir.display(),
+                    if was_running { " and the cluster runs again" } else { "" }
+                ),
+            ));
+        }
+    };
+
+    let mut transaction = Transaction::new();
+    let swapped = (|| -> Result<Option<PathBuf>> {
+        write_config_files(context, primary, &staging, &mut transaction)?;
+        swap_in(&cluster.data_dir, &staging)
+    })();
+    let old = match swapped {
+        Ok(old) => old,
+        Err(error) => {
+            let mut undo = transaction.rollback();
+            if let Err(more) = undo_before_swap(context, &remote, &staging, created_slot, was_running) {
+                undo = Err(more);
+            }
+            return Err(failure(error, undo, format!("{} is untouched", cluster.data_dir.display())));
+        }
+    };
+
+    notify_status("starting the standby");
+    log::info!("starting cluster {} as a standby of {}", cluster.id(), context.config.primary.address);
+    let came_up = invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| {
+        log::info!("cluster {} is up; waiting for it to stream", cluster.id());
+        wait_for_streaming(context, timeout)
+    });
+    if let Err(error) = came_up {
+        eprintln!("{}", log_tail(cluster, 30));
+        let undo = undo_after_swap(context, &remote, old.as_deref(), transaction, created_slot, was_running);
+        return Err(failure(
+            error,
+            undo,
+            format!(
+                "the original data directory is back in {}{}",
+                cluster.data_dir.display(),
+                if was_running { " and runs as before" } else { "" }
+            ),
+        ));
+    }
+    let old_data_dir = old.map(|path| {
+        let size = dir_size(&path);
+        (path, size)
+    });
+    Ok(CloneReport { old_data_dir, cloned_bytes, elapsed: started.elapsed() })
+}
+
+fn failure(error: anyhow::Error, undo: Result<()>, restored: String) -> anyhow::Error {
+    match undo {
+        Ok(()) => error.context(format!("the clone failed; {restored}")),
+        Err(undo_error) => error.context(format!(
+            "the clone failed, and putting the host back failed as well: {undo_error:#}\ncheck the cluster with pg_lsclusters"
+        )),
+    }
+}
+
+fn run_basebackup(
+    context: &StandbyContext,
+    passfile: &Path,
+    sslmode: &str,
+    staging: &Path,
+    slot_plan: SlotPlan,
+) -> Result<()> {
+    let cluster = context.cluster;
+    let request = Basebackup {
+        cluster,
+        conninfo: format!(
+            "{} application_name={}_clone",
+            primary_client_conninfo(context.config, passfile, sslmode, "replication"),
+            standby_name(context.own_address)
+        ),
+        pgdata: staging.to_path_buf(),
+        slot: context.slot_name(),
+        create_slot: slot_plan == SlotPlan::Create && cluster.version.basebackup_can_create_slot(),
+    };
+    log::info!("cloning {} into {}", context.config.primary.address, staging.display());
+    notify_status("cloning: waiting for the primary's checkpoint");
+    let mut last_logged: Option<(u32, Instant)> = None;
+    invoke_pg_basebackup(
+        &request,
+        |progress| {
+            let status = progress.status_line();
+            notify_status(&status);
+            let due = last_logged.map_or(true, |(percent, at)| {
+                progress.percent >= percent + 10
+                    || at.elapsed() >= Duration::from_secs(10)
+                    || progress.percent == 100 && percent != 100
+            });
+            if due {
+                log::info!("{status}");
+                last_logged = Some((progress.percent, Instant::now()));
+            }
+        },
+        |line| log::info!("{line}"),
+    )
+}
+
+/// The settings the standby must meet, from the fresh clone's pg_control: exactly what the
+/// primary ran with. Before 12 pg_control lacks max_wal_senders; the primary's SHOW covers it.
+pub fn hot_standby_settings(recorded: &RecordedSettings, fallback_wal_senders: u32) -> HotStandbySettings {
+    HotStandbySettings {
+        max_connections: recorded.max_connections,
+        max_worker_processes: recorded.max_worker_processes,
+        max_wal_senders: recorded.max_wal_senders.unwrap_or(fallback_wal_senders),
+        max_prepared_transactions: recorded.max_prepared_transactions,
+        max_locks_per_transaction: recorded.max_locks_per_transaction,
+    }
+}
+
+fn standby_facts(context: &StandbyContext, primary: &PrimaryFacts, settings: Option<HotStandbySettings>) -> Facts {
+    let cluster = context.cluster;
+    let local_ssl = if is_online(cluster).unwrap_or(false) {
+        query_value(&Target::local(cluster), "SHOW ssl").map(|value| value == "on").unwrap_or(true)
+    } else {
+        // Debian's default for a new cluster; it only picks hostssl or host for peers' hba lines.
+        true
+    };
+    Facts {
+        version: cluster.version,
+        config_dir: cluster.config_dir.clone(),
+        data_dir: cluster.data_dir.clone(),
+        own_address: context.own_address,
+        local_ssl,
+        primary_ssl: primary.ssl,
+        primary_settings: settings,
+    }
+}
+
+/// A config whose max_wal_senders is at least the primary's: the standby refuses to start below it.
+fn standby_config(config: &Config, settings: Option<&HotStandbySettings>) -> Config {
+    let mut config = config.clone();
+    if let Some(settings) = settings {
+        config.primary.max_wal_senders = config.primary.max_wal_senders.max(settings.max_wal_senders);
+    }
+    config
+}
+
+/// Signal file (or recovery.conf) first, then postgresql.auto.conf without recovery settings:
+/// from here on nothing can start the copy as a primary.
+pub fn configure_staging(context: &StandbyContext, primary: &PrimaryFacts, staging: &Path) -> Result<()> {
+    let postgres = postgres_account()?;
+    let config = standby_config(context.config, None);
+    let files = render(Role::Standby, &config, &standby_facts(context, primary, None))?;
+    let signal = files.first().context("render gave no standby signal file")?;
+    let name = signal.path.file_name().context("signal file has no name")?;
+    write_atomic(
+        &staging.join(name),
+        signal.content.as_bytes(),
+        Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o600 },
+    )?;
+    log::info!("wrote {} into staging", name.to_string_lossy());
+    let auto_conf = staging.join("postgresql.auto.conf");
+    if let Ok(text) = fs::read_to_string(&auto_conf) {
+        let (kept, removed) = strip_recovery_settings(&text);
+        if !removed.is_empty() {
+            log::info!("removing {} copied from the primary's postgresql.auto.conf", removed.join(", "));
+            write_atomic(&auto_conf, kept.as_bytes(), Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o600 })?;
+        }
+    }
+    Ok(())
+}
+
+/// conf.d/pgha.conf with the clone's pg_control settings, the pg_hba block and the passfile,
+/// recorded in `transaction` so a failure puts the old ones back.
+pub fn write_config_files(
+    context: &StandbyContext,
+    primary: &PrimaryFacts,
+    staging: &Path,
+    transaction: &mut Transaction,
+) -> Result<()> {
+    let controldata = pg_controldata::read(context.cluster.version, staging)?;
+    // A primary replaced at the same address between preflight and clone would pass unnoticed otherwise.
+    let cloned = &controldata.system_identifier;
+    if *cloned != primary.system_identifier {
+        bail!(
+            "the clone has system identifier {cloned:?} but preflight identified the primary as {}: \
+             was the primary replaced meanwhile?",
+            primary.system_identifier
+        );
+    }
+    let settings = hot_standby_settings(&controldata.settings, primary.max_wal_senders);
+    let config = standby_config(context.config, Some(&settings));
+    let facts = standby_facts(context, primary, Some(settings));
+    let conf_d = context.cluster.config_dir.join("conf.d");
+    if !conf_d.is_dir() {
+        let postgres = postgres_account()?;
+        transaction.create_dir(&conf_d, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o755 })?;
+    }
+    // The first file is the signal file, already in staging.
+    for file in render(Role::Standby, &config, &facts)?.into_iter().skip(1) {
+        if let Some(change) = rendered_file_change(file)? {
+            log::info!("writing {}", change.path.display());
+            transaction.write(&change)?;
+        }
+    }
+    if let Some(change) = passfile_change(context.config, context.password)? {
+        log::info!("writing {}", change.path.display());
+        transaction.write(&change)?;
+    }
+    Ok(())
+}
+
+fn undo_before_swap(
+    context: &StandbyContext,
+    remote: &Target,
+    staging: &Path,
+    created_slot: bool,
+    was_running: bool,
+) -> Result<()> {
+    let mut problems = Vec::new();
+    if let Err(error) = remove_staging(staging) {
+        problems.push(format!("{error:#}"));
+    }
+    if let Err(error) = drop_slot_if_created(context, remote, created_slot) {
+        problems.push(format!("{error:#}"));
+    }
+    if was_running {
+        if let Err(error) = invoke_pg_ctlcluster(context.cluster, ClusterAction::Start) {
+            problems.push(format!("{error:#}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", problems.join("; "))
+    }
+}
+
+fn undo_after_swap(
+    context: &StandbyContext,
+    remote: &Target,
+    old: Option<&Path>,
+    transaction: Transaction,
+    created_slot: bool,
+    was_running: bool,
+) -> Result<()> {
+    let cluster = context.cluster;
+    let _ = invoke_pg_ctlcluster(cluster, ClusterAction::StopImmediately);
+    swap_back(&cluster.data_dir, old)?;
+    transaction.rollback()?;
+    drop_slot_if_created(context, remote, created_slot)?;
+    if was_running {
+        invoke_pg_ctlcluster(cluster, ClusterAction::Start)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_only_recovery_settings() {
+        let text = "# Do not edit this file manually!\nwork_mem = '8MB'\nprimary_conninfo = 'host=x password=p'\n\
+                    primary_slot_name = 's'\nrecovery_target_timeline = 'latest'\n# primary_conninfo in a comment\n";
+        let (kept, removed) = strip_recovery_settings(text);
+        assert_eq!(kept, "# Do not edit this file manually!\nwork_mem = '8MB'\n# primary_conninfo in a comment\n");
+        assert_eq!(removed, ["primary_conninfo", "primary_slot_name", "recovery_target_timeline"]);
+    }
+
+    #[test]
+    fn hot_standby_settings_come_from_pg_control_or_the_primary() {
+        let control =
+            pg_controldata::parse_controldata(include_str!("../../tests/data/pg_controldata-15.txt")).unwrap();
+        assert_eq!(
+            hot_standby_settings(&control.settings, 99),
+            HotStandbySettings {
+                max_connections: 100,
+                max_worker_processes: 8,
+                max_wal_senders: 10,
+                max_prepared_transactions: 0,
+                max_locks_per_transaction: 64
+            }
+        );
+        let pre12 = RecordedSettings { max_wal_senders: None, ..control.settings };
+        assert_eq!(hot_standby_settings(&pre12, 7).max_wal_senders, 7);
+    }
+}

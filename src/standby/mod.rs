@@ -1,0 +1,48 @@
+//! The standby workflows: make this host's cluster a streaming standby of the primary, by a
+//! clone (`clone`) or by pg_rewind (`rewind`), after a preflight that changes nothing
+//! (`preflight`), with the primary's slot for it (`slots`) and the wait for streaming
+//! (`streaming`). `pgha standby` and `pgha rejoin` are thin layers over these.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use crate::config::{Config, Password};
+use crate::debian::Cluster;
+use crate::render::standby_name;
+use crate::tools::psql::Target;
+use crate::upstream::{login_failure, replication_target, sql_target};
+
+pub mod clone;
+pub mod preflight;
+pub mod rejoin;
+pub mod rewind;
+pub mod slots;
+pub mod streaming;
+
+/// Everything a standby workflow knows about this host: the config, the cluster, the password,
+/// and the address the primary sees this host as.
+#[derive(Clone, Copy)]
+pub struct StandbyContext<'a> {
+    pub config: &'a Config,
+    pub cluster: &'a Cluster,
+    pub password: &'a Password,
+    pub own_address: IpAddr,
+}
+
+impl StandbyContext<'_> {
+    pub fn slot_name(&self) -> Option<String> {
+        self.config.replication.slots.then(|| standby_name(self.own_address))
+    }
+
+    fn remote(&self, passfile: &Path, sslmode: &str) -> Target {
+        sql_target(self.config, passfile, sslmode)
+    }
+
+    fn replication(&self, passfile: &Path, sslmode: &str) -> Target {
+        replication_target(self.config, passfile, sslmode)
+    }
+
+    fn login_failure(&self, what: &str, error: anyhow::Error) -> anyhow::Error {
+        login_failure(self.config, self.own_address, what, error)
+    }
+}

@@ -1,0 +1,66 @@
+//! The rejoin workflow: a former primary (or a standby following the wrong node) becomes a
+//! standby of the configured primary, by pg_rewind when it can, by the full safe clone otherwise.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::standby::clone::{clone_standby, CloneReport};
+use crate::standby::preflight::{identify_primary, preflight};
+use crate::standby::rewind::{rewind, rewind_obstacle};
+use crate::standby::slots::ensure_slot;
+use crate::standby::streaming::wait_streaming_from_primary;
+use crate::standby::StandbyContext;
+use crate::tools::psql::query_bool;
+use crate::upstream::{preflight_sslmode, sql_target, PrivatePassfile};
+
+/// How long a running standby of this primary gets to show it streams before rejoin acts.
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(5);
+
+pub struct RejoinOptions {
+    pub full_clone: bool,
+    pub keep_copy: bool,
+    pub timeout: Duration,
+}
+
+pub enum Rejoined {
+    AlreadyStreaming,
+    Rewound { fork_note: Option<String>, elapsed: Duration },
+    Cloned { report: CloneReport, elapsed: Duration },
+}
+
+pub fn rejoin(context: &StandbyContext, options: &RejoinOptions) -> Result<Rejoined> {
+    let started = Instant::now();
+    let config = context.config;
+    let passfile = PrivatePassfile::new(config, context.password)?;
+    let system_identifier = identify_primary(context, &passfile.path)?;
+    let remote = sql_target(config, &passfile.path, preflight_sslmode(config));
+    if query_bool(&remote, "SELECT pg_is_in_recovery()")? {
+        bail!(
+            "the configured primary {} is in recovery: promote it first (`pgha promote` there)",
+            config.primary.address
+        );
+    }
+    if !options.full_clone && wait_streaming_from_primary(context, &system_identifier, RECONNECT_PATIENCE)? {
+        return Ok(Rejoined::AlreadyStreaming);
+    }
+    let primary = preflight(context, &passfile.path, system_identifier)?;
+    if let Some(slot) = context.slot_name() {
+        ensure_slot(&remote, &slot)?;
+    }
+
+    let why_not = if options.full_clone {
+        Some("--full-clone was given".to_string())
+    } else {
+        rewind_obstacle(context.cluster, &primary)?
+    };
+    match why_not {
+        None => match rewind(context, &primary, &passfile.path, options.timeout, options.keep_copy) {
+            Ok(fork_note) => return Ok(Rejoined::Rewound { fork_note, elapsed: started.elapsed() }),
+            Err(error) => log::warn!("pg_rewind did not work, falling back to a full clone: {error:#}"),
+        },
+        Some(reason) => log::info!("not using pg_rewind: {reason}; cloning in full"),
+    }
+    let report = clone_standby(context, &primary, options.timeout)?;
+    Ok(Rejoined::Cloned { report, elapsed: started.elapsed() })
+}

@@ -1,0 +1,67 @@
+//! Waiting for a standby to stream from the primary, and telling whether it already does.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::notify::notify_status;
+use crate::standby::StandbyContext;
+use crate::tools::pg_controldata;
+use crate::tools::pg_lsclusters::is_online;
+use crate::tools::poll_until;
+use crate::tools::psql::{query, query_bool, Target};
+
+pub fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result<()> {
+    notify_status("waiting for the standby to stream");
+    let local = Target::local(context.cluster);
+    let streaming = poll_until(timeout, Duration::from_millis(500), || {
+        if query_bool(&local, "SELECT pg_is_in_recovery()").ok() == Some(false) {
+            bail!("the new copy came up as a primary, not in recovery");
+        }
+        Ok(wal_receiver_streaming(context).unwrap_or(false).then_some(()))
+    })?;
+    if streaming.is_none() {
+        bail!(
+            "the standby did not stream from {} within {}s (standby.streaming_timeout)",
+            context.config.primary.address,
+            timeout.as_secs()
+        );
+    }
+    log::info!("cluster {} streams from {}", context.cluster.id(), context.config.primary.address);
+    Ok(())
+}
+
+fn wal_receiver_streaming(context: &StandbyContext) -> Result<bool> {
+    let host = format!("host={}", context.config.primary.address);
+    let rows =
+        query(&Target::local(context.cluster), "SELECT status, coalesce(conninfo, '') FROM pg_stat_wal_receiver")?;
+    Ok(rows.iter().any(|row| {
+        row.first().map(String::as_str) == Some("streaming")
+            && row.get(1).is_some_and(|conninfo| conninfo.split_whitespace().any(|part| part == host))
+    }))
+}
+
+/// Whether the local cluster streams from the configured primary: in recovery, the primary's
+/// system identifier, and a wal receiver connected to the primary's address. Waits up to
+/// `patience` for a cluster that is a standby of this primary to start streaming:
+/// at boot, the wal receiver connects a moment after the server accepts connections.
+pub fn wait_streaming_from_primary(
+    context: &StandbyContext,
+    primary_system_identifier: &str,
+    patience: Duration,
+) -> Result<bool> {
+    let cluster = context.cluster;
+    if !is_online(cluster)? {
+        return Ok(false);
+    }
+    let local = Target::local(cluster);
+    let answer = poll_until(patience, Duration::from_millis(500), || {
+        if !query_bool(&local, "SELECT pg_is_in_recovery()")?
+            || pg_controldata::read(cluster.version, &cluster.data_dir)?.system_identifier != primary_system_identifier
+        {
+            return Ok(Some(false));
+        }
+        Ok(wal_receiver_streaming(context)?.then_some(true))
+    })?;
+    Ok(answer.unwrap_or(false))
+}

@@ -1,0 +1,92 @@
+//! The external programs pgha runs, one module each: `invoke_*` runs the program, `parse_*` turns
+//! its output into a typed value and is pure, tested on output saved from the real program.
+//! This module holds what they share: a scrubbed environment, running as postgres, and polling.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::host::postgres_account;
+
+pub mod pg_basebackup;
+pub mod pg_controldata;
+pub mod pg_ctlcluster;
+pub mod pg_lsclusters;
+pub mod pg_rewind;
+pub mod psql;
+
+const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A command that runs as postgres with a scrubbed environment, so nothing of the caller's
+/// environment (PGPASSWORD included) reaches it.
+pub fn postgres_command(program: &str) -> Result<Command> {
+    let account = postgres_account()?;
+    let mut command = Command::new(program);
+    command
+        .env_clear()
+        .env("PATH", PATH)
+        .env("LANG", "C.UTF-8")
+        .env("HOME", "/var/lib/postgresql")
+        .current_dir("/")
+        .uid(account.uid)
+        .gid(account.gid);
+    Ok(command)
+}
+
+/// A root command with the same scrubbed environment.
+pub fn root_command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    command.env_clear().env("PATH", PATH).env("LANG", "C.UTF-8").current_dir("/");
+    command
+}
+
+/// Output of a finished command, with stderr kept for error messages.
+pub fn run_checked(command: &mut Command, what: &str) -> Result<String> {
+    let output = command.output().with_context(|| format!("cannot run {what}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        anyhow::bail!("{what} failed ({}): {}", output.status, stderr.trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Asks `probe` every `interval` until it answers `Some`, or `timeout` has passed (then `None`).
+/// An error from the probe ends the wait at once: a probe that should retry on errors keeps
+/// them itself and answers `None`.
+pub fn poll_until<T>(
+    timeout: Duration,
+    interval: Duration,
+    mut probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe()? {
+            return Ok(Some(value));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_stops_at_the_first_answer_or_error_or_deadline() {
+        let mut calls = 0;
+        let answer = poll_until(Duration::from_secs(5), Duration::ZERO, || {
+            calls += 1;
+            Ok((calls == 3).then_some(calls))
+        });
+        assert_eq!(answer.unwrap(), Some(3));
+        let failed: Result<Option<()>> = poll_until(Duration::from_secs(5), Duration::ZERO, || anyhow::bail!("no"));
+        assert!(failed.is_err());
+        let never: Option<()> = poll_until(Duration::ZERO, Duration::ZERO, || Ok(None)).unwrap();
+        assert_eq!(never, None);
+    }
+}
