@@ -66,7 +66,12 @@ impl fmt::Display for LockBusy {
                  cluster {}",
                 self.cluster
             )?,
-            None => write!(f, "another pgha is working on cluster {} (it holds {})", self.cluster, self.lock_file.display())?,
+            None => write!(
+                f,
+                "another pgha is working on cluster {} (it holds {})",
+                self.cluster,
+                self.lock_file.display()
+            )?,
         }
         write!(f, "; wait for it or pass --wait")
     }
@@ -202,10 +207,9 @@ fn busy(file: &mut File, cluster: &str, path: &Path) -> LockBusy {
         Some((pid.parse::<u32>().ok().filter(|pid| *pid > 0)?, printable(command)))
     });
     let holder_alive = match &holder {
-        Some((pid, _)) => !matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), None),
-            Err(Errno::ESRCH)
-        ),
+        Some((pid, _)) => {
+            !matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), None), Err(Errno::ESRCH))
+        }
         None => true,
     };
     LockBusy { cluster: cluster.to_string(), lock_file: path.to_path_buf(), holder, holder_alive }
