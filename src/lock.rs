@@ -54,26 +54,27 @@ pub struct LockBusy {
     pub holder_alive: bool,
 }
 
-impl fmt::Display for LockBusy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl LockBusy {
+    /// Who holds the lock, as one clause.
+    fn holder_clause(&self) -> String {
         match &self.holder {
             Some((pid, command)) if self.holder_alive => {
-                write!(f, "another pgha (pid {pid}, `{command}`) is working on cluster {}", self.cluster)?
+                format!("another pgha (pid {pid}, `{command}`) is working on cluster {}", self.cluster)
             }
-            Some((pid, command)) => write!(
-                f,
-                "a program started by pgha (pid {pid}, `{command}`, no longer running) is still working on \
-                 cluster {}",
+            Some((pid, command)) => format!(
+                "a program started by pgha (pid {pid}, `{command}`, no longer running) is still working on cluster {}",
                 self.cluster
-            )?,
-            None => write!(
-                f,
-                "another pgha is working on cluster {} (it holds {})",
-                self.cluster,
-                self.lock_file.display()
-            )?,
+            ),
+            None => {
+                format!("another pgha is working on cluster {} (it holds {})", self.cluster, self.lock_file.display())
+            }
         }
-        write!(f, "; wait for it or pass --wait")
+    }
+}
+
+impl fmt::Display for LockBusy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; wait for it or pass --wait", self.holder_clause())
     }
 }
 
@@ -93,7 +94,7 @@ impl ClusterLock {
             if !wait {
                 return Err(busy.into());
             }
-            log::info!("{}; waiting for it", busy.to_string().split(';').next().unwrap_or_default());
+            log::info!("{}; waiting for it", busy.holder_clause());
             flock(&file, libc::LOCK_EX).with_context(|| format!("cannot lock {}", path.display()))?;
         }
         let holder = format!("{} {}\n", std::process::id(), printable(command));
@@ -218,4 +219,160 @@ fn busy(file: &mut File, cluster: &str, path: &Path) -> LockBusy {
 /// A command line as it may appear in a message: one line, no control characters, bounded.
 fn printable(command: &str) -> String {
     command.chars().take(200).map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Far longer than taking a free lock takes; reaching it means the waiter never got it.
+    const HANG: Duration = Duration::from_secs(20);
+
+    fn lock_dir() -> (tempfile::TempDir, PathBuf) {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("pgha");
+        (temp, dir)
+    }
+
+    fn busy_of(error: anyhow::Error) -> LockBusy {
+        error.downcast::<LockBusy>().expect("a LockBusy error")
+    }
+
+    #[test]
+    fn a_second_run_is_refused_and_told_who_holds_the_lock() {
+        let (_temp, dir) = lock_dir();
+        let first = ClusterLock::acquire(&dir, "15/main", "pgha standby", false).unwrap();
+        let busy = busy_of(ClusterLock::acquire(&dir, "15/main", "pgha primary", false).unwrap_err());
+        assert_eq!(busy.holder, Some((std::process::id(), "pgha standby".to_string())));
+        assert_eq!(
+            busy.to_string(),
+            format!(
+                "another pgha (pid {}, `pgha standby`) is working on cluster 15/main; wait for it or pass --wait",
+                std::process::id()
+            )
+        );
+        // Another cluster is another lock.
+        ClusterLock::acquire(&dir, "15/other", "pgha standby", false).unwrap();
+        drop(first);
+        ClusterLock::acquire(&dir, "15/main", "pgha primary", false).unwrap();
+    }
+
+    #[test]
+    fn a_waiting_run_gets_the_lock_once_the_holder_lets_go() {
+        let (_temp, dir) = lock_dir();
+        let first = ClusterLock::acquire(&dir, "15/main", "pgha standby", false).unwrap();
+        let (sender, receiver) = mpsc::channel();
+        let waiter_dir = dir.clone();
+        std::thread::spawn(move || {
+            let lock =
+                ClusterLock::acquire(&waiter_dir, "15/main", "pgha rejoin", true).map(|lock| lock.path().to_owned());
+            sender.send(lock.map_err(|error| format!("{error:#}"))).unwrap();
+        });
+        assert!(receiver.recv_timeout(Duration::from_millis(300)).is_err(), "the waiter did not wait");
+        drop(first);
+        let path = receiver.recv_timeout(HANG).expect("the waiter never got the lock").unwrap();
+        assert_eq!(fs::read_to_string(path).unwrap(), format!("{} pgha rejoin\n", std::process::id()));
+    }
+
+    #[test]
+    fn a_symlink_at_the_lock_file_is_refused() {
+        let (temp, dir) = lock_dir();
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let canary = temp.path().join("canary");
+        fs::write(&canary, "root's file\n").unwrap();
+        symlink(&canary, dir.join("15-main.lock")).unwrap();
+        let error = format!("{:#}", ClusterLock::acquire(&dir, "15/main", "pgha standby", false).unwrap_err());
+        assert!(error.contains(&format!("{} is a symbolic link", dir.join("15-main.lock").display())), "{error}");
+        assert_eq!(fs::read_to_string(&canary).unwrap(), "root's file\n");
+    }
+
+    #[test]
+    fn a_lock_file_pgha_did_not_make_is_refused() {
+        let (_temp, dir) = lock_dir();
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(dir.join("15-main.lock"), "").unwrap();
+        fs::hard_link(dir.join("15-main.lock"), dir.join("other")).unwrap();
+        let error = format!("{:#}", ClusterLock::acquire(&dir, "15/main", "pgha standby", false).unwrap_err());
+        assert!(error.contains("is not a lock file pgha made"), "{error}");
+        fs::remove_file(dir.join("other")).unwrap();
+        nix::unistd::mkfifo(&dir.join("15-other.lock"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let error = format!("{:#}", ClusterLock::acquire(&dir, "15/other", "pgha standby", false).unwrap_err());
+        assert!(error.contains("is not a lock file pgha made"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_lock_directory_is_made_for_its_owner_only() {
+        let (_temp, dir) = lock_dir();
+        ClusterLock::acquire(&dir, "9.6/main", "pgha standby", false).unwrap();
+        let metadata = fs::symlink_metadata(&dir).unwrap();
+        assert!(metadata.is_dir());
+        assert_eq!(metadata.permissions().mode() & 0o7777, 0o700);
+        assert!(dir.join("9.6-main.lock").is_file());
+    }
+
+    #[test]
+    fn a_lock_directory_others_can_write_or_a_symlink_is_refused() {
+        let (temp, dir) = lock_dir();
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let error = format!("{:#}", ClusterLock::acquire(&dir, "15/main", "pgha standby", false).unwrap_err());
+        assert!(error.contains(&format!("{} is owned by uid", dir.display())) && error.contains("0777"), "{error}");
+        let link = temp.path().join("link");
+        symlink(&dir, &link).unwrap();
+        let error = format!("{:#}", ClusterLock::acquire(&link, "15/main", "pgha standby", false).unwrap_err());
+        assert!(error.contains("symbolic link"), "{error}");
+        assert!(!dir.join("15-main.lock").exists());
+    }
+
+    #[test]
+    fn a_child_given_the_lock_holds_it_after_pgha_lets_go() {
+        let (_temp, dir) = lock_dir();
+        let lock = ClusterLock::acquire(&dir, "15/main", "pgha standby", false).unwrap();
+        let mut command = Command::new("sleep");
+        command.arg("60");
+        lock.hold_in_child(&mut command);
+        let mut child = command.spawn().unwrap();
+        let mut unrelated = Command::new("sleep").arg("60").spawn().unwrap();
+        drop(lock);
+        let result = ClusterLock::acquire(&dir, "15/main", "pgha primary", false);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let busy = busy_of(result.unwrap_err());
+        assert_eq!(busy.holder, Some((std::process::id(), "pgha standby".to_string())));
+        // A child started without hold_in_child (such as a postmaster) never holds it.
+        ClusterLock::acquire(&dir, "15/main", "pgha primary", false).unwrap();
+        unrelated.kill().unwrap();
+        unrelated.wait().unwrap();
+    }
+
+    #[test]
+    fn a_holder_that_is_gone_is_reported_as_such() {
+        let busy = LockBusy {
+            cluster: "15/main".into(),
+            lock_file: "/run/lock/pgha/15-main.lock".into(),
+            holder: Some((1234, "pgha standby".into())),
+            holder_alive: false,
+        };
+        assert_eq!(
+            busy.to_string(),
+            "a program started by pgha (pid 1234, `pgha standby`, no longer running) is still working on \
+             cluster 15/main; wait for it or pass --wait"
+        );
+    }
+
+    #[test]
+    fn cluster_names_become_one_file_name() {
+        assert_eq!(lock_file_name("15/main").unwrap(), "15-main.lock");
+        assert_eq!(lock_file_name("9.6/my-cluster").unwrap(), "9.6-my-cluster.lock");
+        for bad in ["main", "15/", "/main", "15/../x", "15/a/b", "15/.x", "x5/main", "15/a\nb"] {
+            assert!(lock_file_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(printable("pgha\nstandby\x1b"), "pgha?standby?");
+    }
 }

@@ -94,6 +94,8 @@ pub struct Stat {
 }
 
 impl Stat {
+    // The field types of struct stat differ between architectures (st_nlink is u32 on aarch64).
+    #[allow(clippy::unnecessary_cast)]
     fn from_raw(raw: &libc::stat) -> Stat {
         let kind = match raw.st_mode & libc::S_IFMT {
             libc::S_IFREG => Kind::File,
