@@ -211,6 +211,43 @@ impl Dir {
         Ok(dir)
     }
 
+    /// Like [`Dir::open`], but follows a symlink that only root can have made or changed: owned by
+    /// root, in a directory owned by root that no one else can write (admins link
+    /// /var/lib/postgresql to another disk that way). Any other symlink is refused, and so is
+    /// `..` in a link's target. For the part of a path above the trees another account owns.
+    pub fn open_following_root_links(path: impl AsRef<Path>) -> Result<Dir> {
+        let path = path.as_ref();
+        let context = || format!("cannot open {}", path.display());
+        let mut pending = plain_components(path).with_context(context)?;
+        let mut dir = Dir::open("/")?;
+        let mut followed = 0;
+        while let Some(name) = pending.pop() {
+            let link = match dir.stat(&name).with_context(context)? {
+                Some(stat) if stat.kind == Kind::Symlink => stat,
+                _ => {
+                    dir = dir.open_dir(&name).with_context(context)?;
+                    continue;
+                }
+            };
+            let here = dir.metadata()?;
+            if link.uid != 0 || here.uid != 0 || here.mode & 0o022 != 0 {
+                return Err(dir.unexpected(&name, "a directory")).with_context(context);
+            }
+            followed += 1;
+            if followed > 40 {
+                bail!("cannot open {}: more than 40 symbolic links", path.display());
+            }
+            let cname = entry_name(&name, &dir.path)?;
+            let target = PathBuf::from(readlinkat(&dir, &cname, link.size).with_context(context)?);
+            // Components are taken from the end of `pending`, so the target's go on in reverse.
+            pending.extend(plain_components(&target).with_context(context)?);
+            if target.is_absolute() {
+                dir = Dir::open("/")?;
+            }
+        }
+        Ok(dir)
+    }
+
     /// The path this handle was opened by, for messages. The directory may have been renamed since.
     pub fn path(&self) -> &Path {
         &self.path
@@ -803,6 +840,22 @@ fn list_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     result
 }
 
+/// The names in a path, last first; `..` is refused.
+fn plain_components(path: &Path) -> Result<Vec<OsString>> {
+    let mut names = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(name) => names.push(name.to_os_string()),
+            Component::ParentDir | Component::Prefix(_) => {
+                bail!("{} has `..`, which pgha does not follow", path.display())
+            }
+        }
+    }
+    names.reverse();
+    Ok(names)
+}
+
 /// A single directory entry name: not empty, not `.` or `..`, no `/` and no NUL.
 fn entry_name(name: &OsStr, dir: &Path) -> Result<CString> {
     let bytes = name.as_bytes();
@@ -966,6 +1019,32 @@ mod tests {
         assert!(message(Dir::open(t.pg.join("../canary"))).contains(".."));
         assert_eq!(Dir::open(&t.pg).unwrap().path(), t.pg);
         assert_eq!(snapshot(&t.canary), before);
+    }
+
+    #[test]
+    fn only_links_root_alone_controls_are_followed_on_request() {
+        let Some(t) = tree() else { return };
+        let base = t.pg.parent().unwrap();
+        // base is root's and 0755: a link there could only be root's doing.
+        fs::create_dir_all(base.join("disk/15/main")).unwrap();
+        symlink(base.join("disk"), base.join("postgresql")).unwrap();
+        symlink("main", base.join("disk/15/relative")).unwrap();
+        let opened = Dir::open_following_root_links(base.join("postgresql/15/main")).unwrap();
+        assert_eq!(opened.metadata().unwrap().ino, fs::metadata(base.join("disk/15/main")).unwrap().ino());
+        Dir::open_following_root_links(base.join("postgresql/15/relative")).unwrap();
+        assert!(message(Dir::open(base.join("postgresql/15/main"))).contains("symbolic link"));
+        // In a directory another account can write, or owned by another account: refused.
+        plant_symlink(&t.canary.join("dir"), &t.pg.join("conf.d"));
+        let error = message(Dir::open_following_root_links(t.pg.join("conf.d")));
+        assert!(error.contains(&format!("{} is a symbolic link", t.pg.join("conf.d").display())), "{error}");
+        symlink(&t.canary, base.join("nobodys")).unwrap();
+        std::os::unix::fs::lchown(base.join("nobodys"), Some(NOBODY), Some(NOBODY)).unwrap();
+        assert!(message(Dir::open_following_root_links(base.join("nobodys"))).contains("symbolic link"));
+        fs::set_permissions(base, fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(message(Dir::open_following_root_links(base.join("postgresql/15/main"))).contains("symbolic link"));
+        symlink("../canary", base.join("disk/up")).unwrap();
+        fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(message(Dir::open_following_root_links(base.join("disk/up"))).contains(".."));
     }
 
     #[test]
