@@ -114,7 +114,8 @@ impl ClusterLock {
     }
 
     /// Lets the child `command` will start hold this lock too (its copy of the descriptor is not
-    /// closed on exec), so the lock outlives a killed pgha for as long as that child runs.
+    /// closed on exec), so the lock outlives a killed pgha for as long as that child runs. Spawn
+    /// the command while this lock is still held: the child is given the descriptor's number.
     pub fn hold_in_child(&self, command: &mut Command) {
         let fd = self.file.as_raw_fd();
         // Runs in the child between fork and exec: fcntl is async-signal-safe and allocates nothing.
