@@ -13,6 +13,7 @@ mod files;
 mod hba;
 mod health;
 mod host;
+mod lock;
 mod logging;
 mod node;
 mod notify;
