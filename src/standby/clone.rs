@@ -3,7 +3,6 @@
 //! data directory, start, wait for streaming. Every failure puts the host back as it was, and the
 //! error says so.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use crate::debian::log_tail;
 use crate::files::apply::{write_atomic, Transaction};
 use crate::files::datadir::{dir_size, fresh_staging, remove_staging, swap_back, swap_in};
 use crate::files::plan::{rendered_file_change, Ownership};
+use crate::files::secure::read_text_capped;
 use crate::host::postgres_account;
 use crate::notify::notify_status;
 use crate::render::{render, standby_name, Facts, HotStandbySettings, Role};
@@ -165,6 +165,7 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
             ),
         ));
     }
+    transaction.commit();
     let old_data_dir = old.map(|path| {
         let size = dir_size(&path);
         (path, size)
@@ -277,7 +278,7 @@ pub fn configure_staging(context: &StandbyContext, primary: &PrimaryFacts, stagi
     )?;
     log::info!("wrote {} into staging", name.to_string_lossy());
     let auto_conf = staging.join("postgresql.auto.conf");
-    if let Ok(text) = fs::read_to_string(&auto_conf) {
+    if let Some(text) = read_text_capped(&auto_conf, 16 << 20)? {
         let (kept, removed) = strip_recovery_settings(&text);
         if !removed.is_empty() {
             log::info!("removing {} copied from the primary's postgresql.auto.conf", removed.join(", "));

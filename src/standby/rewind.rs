@@ -19,6 +19,7 @@ use anyhow::{bail, Result};
 use crate::debian::{log_tail, Cluster};
 use crate::files::apply::Transaction;
 use crate::files::datadir::{add_note, copy_aside, save_fork};
+use crate::files::secure::read_text_capped;
 use crate::replication::Lsn;
 use crate::standby::clone::{configure_staging, write_config_files};
 use crate::standby::preflight::PrimaryFacts;
@@ -100,6 +101,8 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
     configure_staging(context, primary, &cluster.data_dir)?;
     let mut transaction = Transaction::new();
     write_config_files(context, primary, &cluster.data_dir, &mut transaction)?;
+    // A standby's files stay whatever happens next: rejoin either finishes or clones, which rewrites them.
+    transaction.commit();
     invoke_pg_ctlcluster(cluster, ClusterAction::Start)
         .and_then(|()| wait_until_ready(&Target::local(cluster), Duration::from_secs(120)))
         .map_err(|error| {
@@ -113,7 +116,7 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
 /// A killed postmaster stays a zombie until its parent (init) reaps it, and PostgreSQL takes a
 /// zombie's PID in the socket lock file for a live server and refuses to start. Wait for the reaping.
 fn wait_for_dead_postmaster(data_dir: &Path) {
-    let Ok(pid_file) = fs::read_to_string(data_dir.join("postmaster.pid")) else { return };
+    let Ok(Some(pid_file)) = read_text_capped(&data_dir.join("postmaster.pid"), 4096) else { return };
     let Some(pid) = pid_file.lines().next().and_then(|line| line.trim().parse::<u32>().ok()) else { return };
     let mut said = false;
     let _ = poll_until(Duration::from_secs(30), Duration::from_millis(200), || {
@@ -187,6 +190,8 @@ pub fn rewind(
     configure_staging(context, primary, &cluster.data_dir)?;
     let mut transaction = Transaction::new();
     write_config_files(context, primary, &cluster.data_dir, &mut transaction)?;
+    // A standby's files stay whatever happens next: rejoin either finishes or clones, which rewrites them.
+    transaction.commit();
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.config.primary.address);
     invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| wait_for_streaming(context, timeout)).map_err(
         |error| {
