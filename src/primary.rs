@@ -220,6 +220,7 @@ pub fn apply(plan: &Plan, cluster: &Cluster, target: &Target) -> Result<()> {
     if let Err(error) = result {
         log::error!("{error:#}");
         log::warn!("putting back the files pgha changed");
+        crate::signals::finish_from_here();
         transaction.rollback().context("after a failed `pgha primary`")?;
         if let Err(restore) = restore_service(cluster, target, server) {
             return Err(error.context(format!(

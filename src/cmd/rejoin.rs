@@ -28,6 +28,10 @@ pub struct RejoinArgs {
     /// How long the rejoined standby gets to start streaming (default: standby.streaming_timeout)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+
+    /// When another pgha works on this cluster, wait for it instead of exiting 1
+    #[arg(long)]
+    pub wait: bool,
 }
 
 impl RejoinArgs {
@@ -50,6 +54,7 @@ impl RejoinArgs {
         let own_address = find_local_address(&config.standby.addresses)?.ok_or_else(|| {
             ConfigError::key(config_path, "standby.addresses", "none of them is an address of this host")
         })?;
+        crate::lock::take_for_run(&cluster.id(), "pgha rejoin", self.wait)?;
         let context = StandbyContext { config, cluster, password: &password, own_address };
         let options = RejoinOptions {
             full_clone: self.full_clone,

@@ -34,6 +34,10 @@ pub struct StandbyArgs {
     /// How long the new standby gets to start streaming (default: standby.streaming_timeout)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+
+    /// When another pgha works on this cluster, wait for it instead of exiting 1
+    #[arg(long)]
+    pub wait: bool,
 }
 
 impl StandbyArgs {
@@ -51,6 +55,9 @@ impl StandbyArgs {
                 have.join(", ")
             )
         })?;
+        if !self.dry_run {
+            crate::lock::take_for_run(&cluster.id(), "pgha standby", self.wait)?;
+        }
         let context = StandbyContext { config, cluster, password: &password, own_address };
         let passfile = PrivatePassfile::new(config, &password)?;
         let system_identifier = identify_primary(&context, &passfile.path)?;

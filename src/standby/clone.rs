@@ -138,6 +138,7 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
     let old = match swapped {
         Ok(old) => old,
         Err(error) => {
+            crate::signals::finish_from_here();
             let mut undo = transaction.rollback();
             if let Err(more) = undo_before_swap(context, &remote, &staging, created_slot, was_running) {
                 undo = Err(more);
@@ -335,6 +336,7 @@ fn undo_before_swap(
     created_slot: bool,
     was_running: bool,
 ) -> Result<()> {
+    crate::signals::finish_from_here();
     let mut problems = Vec::new();
     if let Err(error) = remove_staging(staging) {
         problems.push(format!("{error:#}"));
@@ -362,6 +364,7 @@ fn undo_after_swap(
     created_slot: bool,
     was_running: bool,
 ) -> Result<()> {
+    crate::signals::finish_from_here();
     let cluster = context.cluster;
     let _ = invoke_pg_ctlcluster(cluster, ClusterAction::StopImmediately);
     swap_back(&cluster.data_dir, old)?;

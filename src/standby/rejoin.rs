@@ -57,6 +57,14 @@ pub fn rejoin(context: &StandbyContext, options: &RejoinOptions) -> Result<Rejoi
     match why_not {
         None => match rewind(context, &primary, &passfile.path, options.timeout, options.keep_copy) {
             Ok(fork_note) => return Ok(Rejoined::Rewound { fork_note, elapsed: started.elapsed() }),
+            Err(error) if error.chain().any(|cause| cause.is::<crate::signals::Interrupted>()) => {
+                return Err(error.context(format!(
+                    "rejoin stopped during the rewind: cluster {} is left stopped, and what its data directory \
+                     held before is kept beside it (.pgha-old-*, .pgha-fork-*); run `pgha rejoin` again, it \
+                     rewinds or clones from where this stopped",
+                    context.cluster.id()
+                )))
+            }
             Err(error) => log::warn!("pg_rewind did not work, falling back to a full clone: {error:#}"),
         },
         Some(reason) => log::info!("not using pg_rewind: {reason}; cloning in full"),
