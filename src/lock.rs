@@ -10,7 +10,6 @@
 //! [`ClusterLock::hold_in_child`]: if pgha is killed while one of them runs, the next run then
 //! waits for (or reports) the orphan instead of deleting a directory it is still writing.
 
-
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};

@@ -15,10 +15,17 @@ use crate::password::passfile_line;
 use crate::quote::conninfo_quote;
 use crate::tools::psql::{classify_failure, ConnectionFailure, Target};
 
+/// How pgha's own connections notice a primary that vanished (link down, host powered off)
+/// instead of waiting for the kernel's TCP timeout of many minutes: keepalives after 5 s of
+/// silence, 3 probes 2 s apart, and unacknowledged data given up after 15 s. The clients are
+/// Debian's PostgreSQL 15 tools, whose libpq knows all of these.
+const DEAD_PEER_DETECTION: &str =
+    "keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3 tcp_user_timeout=15000";
+
 /// A conninfo for the primary: the password comes from `passfile`, never from the string.
 pub fn primary_client_conninfo(config: &Config, passfile: &Path, sslmode: &str, dbname: &str) -> String {
     format!(
-        "host={} port={} user={} dbname={} passfile={} sslmode={sslmode} connect_timeout=10",
+        "host={} port={} user={} dbname={} passfile={} sslmode={sslmode} connect_timeout=10 {DEAD_PEER_DETECTION}",
         conninfo_quote(&config.primary.address.to_string()),
         config.primary.port,
         conninfo_quote(&config.replication.user),

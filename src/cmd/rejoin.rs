@@ -65,15 +65,18 @@ impl RejoinArgs {
             Rejoined::AlreadyStreaming => {
                 println!("nothing to do: cluster {} already streams from {}", cluster.id(), config.primary.address);
             }
-            Rejoined::Rewound { fork_note, elapsed } => {
+            Rejoined::Rewound { rewound, elapsed } => {
                 println!(
                     "cluster {} rejoined as a standby of {} with pg_rewind in {:.1}s",
                     cluster.id(),
                     config.primary.address,
                     elapsed.as_secs_f64()
                 );
-                if let Some(note) = fork_note {
+                if let Some(note) = rewound.fork_note {
                     println!("{note}");
+                }
+                if !rewound.streaming {
+                    println!("{}", not_streaming_yet(cluster, config));
                 }
             }
             Rejoined::Cloned { report, elapsed } => {
@@ -85,8 +88,21 @@ impl RejoinArgs {
                     report.cloned_bytes >> 20
                 );
                 report.print_kept_data_dir();
+                if !report.streaming {
+                    println!("{}", not_streaming_yet(cluster, config));
+                }
             }
         }
         Ok(EXIT_OK)
     }
+}
+
+/// The note for a standby that runs in recovery but did not stream within the timeout.
+pub fn not_streaming_yet(cluster: &crate::debian::Cluster, config: &crate::config::Config) -> String {
+    format!(
+        "cluster {} runs as a standby of {} but does not stream yet: it may still be replaying, or the primary is \
+         out of reach; nothing was undone, and `pgha status` shows when it streams",
+        cluster.id(),
+        config.primary.address
+    )
 }

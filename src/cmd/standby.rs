@@ -107,13 +107,17 @@ impl StandbyArgs {
         }
 
         let report = clone_standby(&context, &primary, timeout)?;
-        let summary = format!(
-            "cluster {} streams from {} ({} MB cloned in {:.1}s)",
-            cluster.id(),
-            config.primary.address,
-            report.cloned_bytes >> 20,
-            report.elapsed.as_secs_f64()
-        );
+        let summary = if report.streaming {
+            format!(
+                "cluster {} streams from {} ({} MB cloned in {:.1}s)",
+                cluster.id(),
+                config.primary.address,
+                report.cloned_bytes >> 20,
+                report.elapsed.as_secs_f64()
+            )
+        } else {
+            crate::cmd::rejoin::not_streaming_yet(cluster, config)
+        };
         notify_status(&summary);
         println!("{summary}");
         report.print_kept_data_dir();

@@ -35,7 +35,8 @@ pub fn create_dir(path: &Path, ownership: Ownership) -> Result<Vec<PathBuf>> {
     let mut dir = Dir::open_following_root_links(existing)?;
     let mut created = Vec::new();
     for (index, missing_path) in missing.iter().rev().enumerate() {
-        let name = missing_path.file_name().with_context(|| format!("{} names no directory", missing_path.display()))?;
+        let name =
+            missing_path.file_name().with_context(|| format!("{} names no directory", missing_path.display()))?;
         let leaf = index + 1 == missing.len();
         let own = if leaf { ownership } else { Ownership { uid: 0, gid: 0, mode: 0o755 } };
         dir = dir.create_dir(name, own)?;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use similar::TextDiff;
 
-use crate::hba::merge_block;
 use crate::files::secure::{open_parent, read_text_capped};
+use crate::hba::merge_block;
 use crate::host::postgres_account;
 use crate::render::{FileKind, RenderedFile};
 
@@ -110,7 +110,8 @@ pub fn file_change(path: &Path, new: String, ownership: Ownership) -> Result<Opt
 
 /// The current text of a configuration file pgha merges into (pg_hba.conf, postgresql.conf).
 pub fn read_config_text(path: &Path) -> Result<String> {
-    read_text_capped(path, MAX_CONFIG_BYTES)?.with_context(|| format!("cannot read {}: it does not exist", path.display()))
+    read_text_capped(path, MAX_CONFIG_BYTES)?
+        .with_context(|| format!("cannot read {}: it does not exist", path.display()))
 }
 
 /// The change a rendered configuration file needs: whole files owned by postgres (0644), the

@@ -27,7 +27,6 @@
 //! these same rules for everything root does there. One model that holds for root is simpler to
 //! get right than two.
 
-
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::fs::File;
@@ -638,7 +637,9 @@ pub fn read_file_capped(path: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>> 
 /// symlink, FIFO or multiply-linked file followed. None when it does not exist.
 pub fn read_text_capped(path: &Path, max_bytes: u64) -> Result<Option<String>> {
     match read_file_capped(path, max_bytes)? {
-        Some(bytes) => String::from_utf8(bytes).map(Some).with_context(|| format!("{} is not UTF-8 text", path.display())),
+        Some(bytes) => {
+            String::from_utf8(bytes).map(Some).with_context(|| format!("{} is not UTF-8 text", path.display()))
+        }
         None => Ok(None),
     }
 }
@@ -663,7 +664,6 @@ pub fn read_tail(path: &Path, max_bytes: u64) -> Result<String> {
     file.take(max_bytes).read_to_end(&mut content)?;
     Ok(String::from_utf8_lossy(&content).into_owned())
 }
-
 
 /// On error `dst` holds a partial copy; remove it with [`Dir::remove_tree`].
 pub fn copy_tree(src: &Dir, dst: &Dir, owners: CopyOwnership) -> Result<CopyReport> {

@@ -19,7 +19,7 @@ use crate::notify::notify_status;
 use crate::render::{render, standby_name, Facts, HotStandbySettings, Role};
 use crate::standby::preflight::PrimaryFacts;
 use crate::standby::slots::{drop_slot_if_created, prepare_slot, SlotPlan};
-use crate::standby::streaming::wait_for_streaming;
+use crate::standby::streaming::{confirm_standby, StandbyStarted};
 use crate::standby::StandbyContext;
 use crate::tools::pg_basebackup::{invoke_pg_basebackup, Basebackup};
 use crate::tools::pg_controldata::{self, RecordedSettings};
@@ -35,6 +35,8 @@ pub struct CloneReport {
     pub old_data_dir: Option<(PathBuf, u64)>,
     pub cloned_bytes: u64,
     pub elapsed: Duration,
+    /// False when the standby runs in recovery but did not stream within the timeout.
+    pub streaming: bool,
 }
 
 impl CloneReport {
@@ -151,27 +153,35 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.config.primary.address);
     let came_up = invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| {
         log::info!("cluster {} is up; waiting for it to stream", cluster.id());
-        wait_for_streaming(context, timeout)
+        confirm_standby(context, timeout)
     });
-    if let Err(error) = came_up {
-        eprintln!("{}", log_tail(cluster, 30));
-        let undo = undo_after_swap(context, &remote, old.as_deref(), transaction, created_slot, was_running);
-        return Err(failure(
-            error,
-            undo,
-            format!(
-                "the original data directory is back in {}{}",
-                cluster.data_dir.display(),
-                if was_running { " and runs as before" } else { "" }
-            ),
-        ));
-    }
+    let started_as = match came_up {
+        Ok(started_as) => started_as,
+        Err(error) => {
+            eprintln!("{}", log_tail(cluster, 30));
+            let undo = undo_after_swap(context, &remote, old.as_deref(), transaction, created_slot, was_running);
+            return Err(failure(
+                error,
+                undo,
+                format!(
+                    "the original data directory is back in {}{}",
+                    cluster.data_dir.display(),
+                    if was_running { " and runs as before" } else { "" }
+                ),
+            ));
+        }
+    };
     transaction.commit();
     let old_data_dir = old.map(|path| {
         let size = dir_size(&path);
         (path, size)
     });
-    Ok(CloneReport { old_data_dir, cloned_bytes, elapsed: started.elapsed() })
+    Ok(CloneReport {
+        old_data_dir,
+        cloned_bytes,
+        elapsed: started.elapsed(),
+        streaming: started_as == StandbyStarted::Streaming,
+    })
 }
 
 fn failure(error: anyhow::Error, undo: Result<()>, restored: String) -> anyhow::Error {

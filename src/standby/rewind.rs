@@ -24,7 +24,7 @@ use crate::replication::Lsn;
 use crate::standby::clone::{configure_staging, write_config_files};
 use crate::standby::preflight::PrimaryFacts;
 use crate::standby::slots::drop_stale_slots;
-use crate::standby::streaming::wait_for_streaming;
+use crate::standby::streaming::{confirm_standby, StandbyStarted};
 use crate::standby::StandbyContext;
 use crate::tools::pg_controldata::{self, ControlData};
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
@@ -138,15 +138,21 @@ pub fn parse_proc_state(stat: &str) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-/// pg_rewind into place, standby configuration, start, wait for streaming. Returns a note on the
-/// saved fork, if this host had written WAL the primary never received.
+/// What a rewind did: a note on the saved fork, if this host had written WAL the primary never
+/// received, and whether the standby streams yet.
+pub struct Rewound {
+    pub fork_note: Option<String>,
+    pub streaming: bool,
+}
+
+/// pg_rewind into place, standby configuration, start, wait for streaming.
 pub fn rewind(
     context: &StandbyContext,
     primary: &PrimaryFacts,
     passfile: &Path,
     timeout: Duration,
     keep_copy: bool,
-) -> Result<Option<String>> {
+) -> Result<Rewound> {
     let cluster = context.cluster;
     shut_down_cleanly(context, primary)?;
     let sslmode = context.config.replication.sslmode.resolve(primary.ssl);
@@ -193,14 +199,14 @@ pub fn rewind(
     // A standby's files stay whatever happens next: rejoin either finishes or clones, which rewrites them.
     transaction.commit();
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.config.primary.address);
-    invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| wait_for_streaming(context, timeout)).map_err(
-        |error| {
+    let started_as = invoke_pg_ctlcluster(cluster, ClusterAction::Start)
+        .and_then(|()| confirm_standby(context, timeout))
+        .map_err(|error| {
             eprintln!("{}", log_tail(cluster, 20));
             error
-        },
-    )?;
+        })?;
     drop_stale_slots(context)?;
-    Ok(fork_note)
+    Ok(Rewound { fork_note, streaming: started_as == StandbyStarted::Streaming })
 }
 
 /// Copies this host's WAL from the divergence point to its end into `<datadir>.pgha-fork-<ts>`.
