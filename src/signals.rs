@@ -59,8 +59,9 @@ pub fn install() -> Result<()> {
 
 fn stop_children() {
     let children = CHILDREN.lock().map(|list| list.clone()).unwrap_or_default();
+    // Each child leads its own process group (tools::spawn_tracked): the group goes.
     for pid in children {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
     }
 }
 

@@ -45,8 +45,11 @@ pub fn root_command(program: &str) -> Command {
 }
 
 /// Starts a child that a signal stops (see `signals`); none starts once a signal arrived.
+/// It runs in a process group of its own, so that a signal reaches what it started too (such as
+/// pg_basebackup's WAL-streaming child, which would otherwise outlive it and keep its pipes open).
 pub fn spawn_tracked(command: &mut Command, what: &str) -> Result<(Child, Tracked)> {
     signals::check()?;
+    command.process_group(0);
     let child = command.spawn().with_context(|| format!("cannot run {what}"))?;
     let tracked = signals::track(child.id());
     Ok((child, tracked))

@@ -9,4 +9,5 @@ mod day2;
 mod golden;
 mod primary;
 mod standby;
+mod trust;
 mod versions;
