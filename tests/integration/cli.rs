@@ -46,6 +46,21 @@ fn config_errors_name_file_key_and_value() {
             VALID.replace("[replication]", "[replication]\nuser = \"all\""),
             &["replication.user", "\"all\""],
         ),
+        (
+            "user outside the whitelist",
+            VALID.replace("[replication]", "[replication]\nuser = \"rép'l$;x:1\""),
+            &["replication.user", "rép'l$;x:1", "expected 1 to 63 bytes"],
+        ),
+        (
+            "user read as a regular expression",
+            VALID.replace("[replication]", "[replication]\nuser = \"/.*\""),
+            &["replication.user", "\"/.*\"", "regular expression"],
+        ),
+        (
+            "control character in a path",
+            VALID.to_string() + "[archive]\ndirectory = \"/srv/wal\\narchive\"\n",
+            &["archive.directory", "control character"],
+        ),
         ("bad keep", VALID.to_string() + "[archive]\nkeep = \"forever\"\n", &["archive.keep", "forever"]),
     ];
     for (name, body, needles) in cases {
