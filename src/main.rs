@@ -10,6 +10,8 @@ mod config;
 mod debian;
 mod error;
 mod files;
+#[cfg(test)]
+mod fuzz_tests;
 mod hba;
 mod health;
 mod host;

@@ -61,18 +61,20 @@ pub fn parse_rewind_obstacle(control: &ControlData) -> Option<String> {
     })
 }
 
-/// WAL segment files (24 hex digits) from the one holding `from` to the one holding `to`, on any timeline.
+/// WAL segment files (24 hex digits) from the one holding `from` to the one holding `to`, on any timeline;
+/// none for a segment size of 0, which no pg_control holds.
 pub fn segments_between(names: &[String], from: Lsn, to: Lsn, segment_bytes: u64) -> Vec<String> {
-    let per_xlogid = 0x1_0000_0000 / segment_bytes;
+    let Some(per_xlogid) = 0x1_0000_0000_u64.checked_div(segment_bytes) else { return Vec::new() };
     let (first, last) = (from.0 / segment_bytes, to.0 / segment_bytes);
+    let number = |name: &str| {
+        let high = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+        let low = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+        high.checked_mul(per_xlogid)?.checked_add(low)
+    };
     let mut chosen: Vec<String> = names
         .iter()
         .filter(|name| name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit()))
-        .filter(|name| {
-            let high = u64::from_str_radix(&name[8..16], 16).unwrap_or(0);
-            let low = u64::from_str_radix(&name[16..24], 16).unwrap_or(0);
-            (first..=last).contains(&(high * per_xlogid + low))
-        })
+        .filter(|name| number(name).is_some_and(|segment| (first..=last).contains(&segment)))
         .cloned()
         .collect();
     chosen.sort();

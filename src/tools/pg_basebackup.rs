@@ -30,7 +30,8 @@ pub fn parse_basebackup_progress(line: &str) -> Option<Progress> {
     Some(Progress {
         done_kb: done.trim().parse().ok()?,
         total_kb: total.trim().parse().ok()?,
-        percent: percent.trim().parse().ok()?,
+        // pg_basebackup caps its own figure at 100; a larger one must not upset the callers' arithmetic.
+        percent: percent.trim().parse::<u32>().ok()?.min(100),
     })
 }
 
