@@ -49,8 +49,11 @@ impl Canary {
     fn assert_untouched(&self) {
         let dir = fs::symlink_metadata(self.path()).unwrap();
         assert_eq!((dir.uid(), dir.gid(), dir.mode() & 0o7777), (0, 0, 0o755), "the canary directory changed");
-        let entries: Vec<String> =
-            fs::read_dir(self.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let entries: Vec<String> = fs::read_dir(self.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(entries, ["precious"], "something was created in the canary directory");
         let file = fs::symlink_metadata(self.file()).unwrap();
         assert_eq!((file.uid(), file.gid(), file.mode() & 0o7777), (0, 0, 0o644), "the canary file changed");
@@ -126,21 +129,20 @@ fn veth(netns: &Netns) -> String {
 /// Makes A's link slow (about 4 MB/s), so a clone of a fresh cluster lasts several seconds.
 fn throttle(setup: &TwoHosts) {
     let dev = veth(&setup.hosts.a);
-    run_ok(setup.hosts.a.exec("tc").args(["qdisc", "add", "dev", &dev, "root", "tbf", "rate", "32mbit"]).args([
-        "burst",
-        "64kbit",
-        "latency",
-        "400ms",
-    ]));
+    run_ok(
+        setup
+            .hosts
+            .a
+            .exec("tc")
+            .args(["qdisc", "add", "dev", &dev, "root", "tbf", "rate", "32mbit"])
+            .args(["burst", "64kbit", "latency", "400ms"]),
+    );
 }
 
 /// Starts `pgha standby` on B and returns once it logged that pg_basebackup is copying.
 fn start_clone(setup: &TwoHosts) -> (Child, mpsc::Receiver<String>) {
-    let mut child = pgha_b(setup, &setup.config_b, &["standby"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        pgha_b(setup, &setup.config_b, &["standby"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (send, receive) = mpsc::channel();
     std::thread::spawn(move || {
@@ -240,7 +242,8 @@ fn two_runs_at_once_the_second_names_the_first_and_changes_nothing() {
     let (first, lines) = start_clone(&setup);
     let pid = first.id();
 
-    let (second, _) = bounded(pgha_b(&setup, &setup.config_b, &["standby", "--force-reclone"]), Duration::from_secs(60));
+    let (second, _) =
+        bounded(pgha_b(&setup, &setup.config_b, &["standby", "--force-reclone"]), Duration::from_secs(60));
     assert_eq!(second.code, 1, "{}", second.stderr);
     assert!(
         second.stderr.contains(&format!("another pgha (pid {pid}, `pgha standby`)")),
@@ -336,7 +339,13 @@ fn racing_the_paths_pgha_uses_never_reaches_root_files() {
         let config = match config.find("wal_keep_size") {
             Some(_) => config
                 .lines()
-                .map(|line| if line.starts_with("wal_keep_size") { format!("wal_keep_size = \"{keep}\"") } else { line.into() })
+                .map(|line| {
+                    if line.starts_with("wal_keep_size") {
+                        format!("wal_keep_size = \"{keep}\"")
+                    } else {
+                        line.into()
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join("\n"),
             None => config.replacen("[primary]\n", &format!("[primary]\nwal_keep_size = \"{keep}\"\n"), 1),
