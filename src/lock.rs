@@ -35,7 +35,7 @@ const MAX_HOLDER_BYTES: u64 = 4096;
 
 /// The exclusive lock on one cluster, held until dropped.
 #[derive(Debug)]
-#[cfg_attr(not(test), allow(dead_code))]
+#[allow(dead_code)]
 pub struct ClusterLock {
     file: File,
     path: PathBuf,
@@ -122,12 +122,12 @@ impl ClusterLock {
         Ok(ClusterLock { file, path, cluster: cluster.to_string() })
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[allow(dead_code)]
     pub fn cluster(&self) -> &str {
         &self.cluster
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[allow(dead_code)]
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -52,6 +52,14 @@ fn main() -> ExitCode {
         Command::GenerateDocs(args) => args.run(Cli::command()),
     };
     match result {
+        // A run that went past its point of no return finishes, and still says it was interrupted.
+        Ok(_) if signals::received().is_some() => {
+            let interrupted = signals::Interrupted { signal: signals::received().unwrap_or_default() };
+            log::error!(
+                "{interrupted}: the run finished its last step anyway, and the host is in the state it reported"
+            );
+            ExitCode::from(error::EXIT_FAILURE as u8)
+        }
         Ok(code) => ExitCode::from(code as u8),
         Err(error) => {
             log::error!("{error:#}");

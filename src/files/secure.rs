@@ -140,7 +140,7 @@ pub enum CopyOwnership {
     Preserve,
     /// Everything owned by this account.
     // Part of the handle API; exercised by the tests until a caller needs it.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[allow(dead_code)]
     Fixed { uid: u32, gid: u32 },
 }
 
@@ -249,7 +249,7 @@ impl Dir {
 
     /// The path this handle was opened by, for messages. The directory may have been renamed since.
     // Part of the handle API; exercised by the tests until a caller needs it.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[allow(dead_code)]
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -472,7 +472,7 @@ impl Dir {
     /// Makes a new directory named `prefix` followed by random hex digits, never an existing one.
     /// Returns its name and handle.
     // Part of the handle API; exercised by the tests until a caller needs it.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[allow(dead_code)]
     pub fn create_unique_dir(&self, prefix: &str, ownership: Ownership) -> Result<(String, Dir)> {
         for _ in 0..16 {
             let name = format!("{prefix}{:012x}", random_u64()? & 0xffff_ffff_ffff);
@@ -536,7 +536,7 @@ impl Dir {
     /// Renames `from` to `to`, both in this directory, replacing what is at `to` (a directory only
     /// when empty).
     // Part of the handle API; exercised by the tests until a caller needs it.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[allow(dead_code)]
     pub fn rename(&self, from: impl AsRef<OsStr>, to: impl AsRef<OsStr>) -> Result<()> {
         self.rename_flags(from.as_ref(), to.as_ref(), 0)
     }
@@ -548,7 +548,7 @@ impl Dir {
 
     /// Swaps the entries `a` and `b` atomically: at every moment each name exists.
     // Part of the handle API; exercised by the tests until a caller needs it.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[allow(dead_code)]
     pub fn exchange(&self, a: impl AsRef<OsStr>, b: impl AsRef<OsStr>) -> Result<()> {
         self.rename_flags(a.as_ref(), b.as_ref(), libc::RENAME_EXCHANGE)
     }

@@ -43,7 +43,16 @@ pub fn confirm_standby(context: &StandbyContext, timeout: Duration) -> Result<St
             return Err(error.context(format!("cluster {} does not answer after it started", context.cluster.id())));
         }
     }
-    if wait_for_streaming(context, timeout)? {
+    let streaming = match wait_for_streaming(context, timeout) {
+        // The standby is done by the rule above: a signal now ends the wait, not the standby.
+        Err(error) if error.chain().any(|cause| cause.is::<crate::signals::Interrupted>()) => {
+            crate::signals::finish_from_here();
+            log::warn!("{error:#} while waiting for the standby to stream; the standby is kept");
+            return Ok(StandbyStarted::NotStreamingYet);
+        }
+        other => other?,
+    };
+    if streaming {
         Ok(StandbyStarted::Streaming)
     } else {
         log::warn!(

@@ -163,14 +163,36 @@ else
     echo "(this pgha has no status command yet: skipped pgha status)"
 fi
 
+echo "-- systemctl stop pgha-standby in the middle of a clone"
+# A down cluster makes pgha-standby clone again; a slow link keeps it copying long enough to stop it.
+clone_inode=$(in_host "$standby" stat -c %i "$datadir")
+in_host "$standby" pg_ctlcluster "$pg" main stop
+in_host "$standby" tc qdisc add dev host0 root tbf rate 16mbit burst 64kbit latency 400ms
+in_host "$standby" systemctl restart --no-block pgha-standby
+copying() { in_host "$standby" systemctl show -P StatusText pgha-standby | grep -q '^cloning [0-9]'; }
+check "pgha-standby is copying from the primary" eventually 60 copying
+check "systemctl stop pgha-standby returns" in_host "$standby" systemctl stop pgha-standby
+in_host "$standby" tc qdisc del dev host0 root
+in_host "$standby" journalctl -u pgha-standby -o cat --no-pager -n 6 | sed 's/^/    /'
+check "the stopped clone logged the signal" \
+    bash -c "nsenter -t $(cat "$(host_dir "$standby")/leader.pid") -a -- journalctl -u pgha-standby -o cat --no-pager | grep -q 'interrupted by SIGTERM'"
+check "the stopped clone left the original data directory in place" \
+    test "$(in_host "$standby" stat -c %i "$datadir")" = "$clone_inode"
+check "the stopped clone left no staging directory" bash -c "! test -e '$(host_dir "$standby")/root$datadir.pgha-staging'"
+check "the stopped clone left no pg_basebackup running" bash -c "! nsenter -t $(cat "$(host_dir "$standby")/leader.pid") -a -- pgrep -x pg_basebackup"
+check "after the stopped clone pgha-standby runs to success again" in_host "$standby" systemctl start pgha-standby
+check "and the standby streams" eventually 60 streaming_to_standby
+
 echo "-- journal"
 for pair in "$primary:pgha-primary" "$standby:pgha-standby"; do
     host=${pair%%:*}
     unit=${pair#*:}
-    journal=$(in_host "$host" journalctl -u "$unit" -o cat --no-pager)
-    steps=$(in_host "$host" journalctl -u "$unit" SYSLOG_IDENTIFIER=pgha -p info -o cat --no-pager | wc -l)
+    # The unit's last run only: the standby's earlier run was stopped on purpose above.
+    run=_SYSTEMD_INVOCATION_ID=$(in_host "$host" systemctl show -P InvocationID "$unit")
+    journal=$(in_host "$host" journalctl -u "$unit" "$run" -o cat --no-pager)
+    steps=$(in_host "$host" journalctl -u "$unit" "$run" SYSLOG_IDENTIFIER=pgha -p info -o cat --no-pager | wc -l)
     check "journalctl -u $unit shows pgha's steps ($steps lines at info or above)" test "$steps" -ge 2
-    errors=$(in_host "$host" journalctl -u "$unit" SYSLOG_IDENTIFIER=pgha -p err -o cat --no-pager)
+    errors=$(in_host "$host" journalctl -u "$unit" "$run" SYSLOG_IDENTIFIER=pgha -p err -o cat --no-pager)
     check "journalctl -u $unit: a successful run logs nothing at err or above" test -z "$errors"
     printf '%s\n' "$journal" | tail -8 | sed 's/^/    /'
 done

@@ -162,6 +162,7 @@ fn start_clone(setup: &TwoHosts) -> (Child, mpsc::Receiver<String>) {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("the clone never started copying:\n{}", seen.join("\n"));
 }
 
