@@ -30,6 +30,20 @@ impl Cluster {
         format!("{}/{program}", self.version.bin_dir())
     }
 
+    /// A cluster laid out as pg_createcluster lays it out, for tests.
+    #[cfg(test)]
+    pub fn debian_default(version: PgVersion, name: &str) -> Cluster {
+        Cluster {
+            version,
+            name: name.into(),
+            port: 5432,
+            data_dir: PathBuf::from(format!("/var/lib/postgresql/{version}/{name}")),
+            config_dir: PathBuf::from(format!("/etc/postgresql/{version}/{name}")),
+            socket_dir: PathBuf::from("/var/run/postgresql"),
+            log_file: None,
+        }
+    }
+
     /// Where postgresql-common logs the cluster when postgresql.conf names no other log.
     pub fn log_path(&self) -> PathBuf {
         self.log_file.clone().unwrap_or_else(|| {

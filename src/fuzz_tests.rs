@@ -6,7 +6,7 @@
 //! Kept in one file, apart from the modules, so the parsers' own files stay small.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
@@ -411,15 +411,7 @@ proptest! {
 }
 
 fn test_cluster() -> Cluster {
-    Cluster {
-        version: PgVersion::new(15, 0),
-        name: "main".into(),
-        port: 5432,
-        data_dir: PathBuf::from("/var/lib/postgresql/15/main"),
-        config_dir: PathBuf::from("/etc/postgresql/15/main"),
-        socket_dir: PathBuf::from("/var/run/postgresql"),
-        log_file: None,
-    }
+    Cluster::debian_default(PgVersion::new(15, 0), "main")
 }
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {

@@ -206,7 +206,7 @@ fn describe_standby(report: &mut Report, config: &Config, snapshot: &Snapshot, l
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use super::*;
     use crate::replication::parse_snapshot;
@@ -214,15 +214,7 @@ mod tests {
 
     fn report_for(sample: &str, own: &str, config_text: &str) -> Report {
         let config = Config::parse(Path::new("/etc/pgha/pgha.conf"), config_text).unwrap();
-        let cluster = Cluster {
-            version: PgVersion::new(15, 0),
-            name: "main".into(),
-            port: 5432,
-            data_dir: PathBuf::from("/var/lib/postgresql/15/main"),
-            config_dir: PathBuf::from("/etc/postgresql/15/main"),
-            socket_dir: PathBuf::from("/var/run/postgresql"),
-            log_file: None,
-        };
+        let cluster = Cluster::debian_default(PgVersion::new(15, 0), "main");
         let snapshot = parse_snapshot(&crate::tools::psql::parse_rows(sample)).unwrap();
         let mut report = Report::empty();
         report.host_address = Some(own.into());
