@@ -46,7 +46,6 @@ pub fn prepare(config: &Config, cluster: &Cluster, password: &Password) -> Resul
         data_dir: cluster.data_dir.clone(),
         own_address: config.primary.address,
         local_ssl: ssl,
-        primary_ssl: ssl,
         primary_settings: None,
     };
     let plan = plan(config, cluster, &facts, &target, password)?;
