@@ -8,5 +8,7 @@ mod cli;
 mod day2;
 mod golden;
 mod primary;
+mod secrets;
 mod standby;
+mod tls;
 mod versions;
