@@ -86,7 +86,8 @@ pub fn select_cluster(
 /// The last lines of the cluster's log, for error messages.
 pub fn log_tail(cluster: &Cluster, lines: usize) -> String {
     let path = cluster.log_path();
-    match std::fs::read_to_string(&path) {
+    // The log directory is writable by postgres: read as files::secure reads, never through a link.
+    match crate::files::secure::read_tail(&path, 256 << 10) {
         Ok(text) => {
             let all: Vec<&str> = text.lines().collect();
             let tail = &all[all.len().saturating_sub(lines)..];

@@ -10,9 +10,6 @@
 //! [`ClusterLock::hold_in_child`]: if pgha is killed while one of them runs, the next run then
 //! waits for (or reports) the orphan instead of deleting a directory it is still writing.
 
-// Commands take the lock in the next change; until then this is unused.
-#![allow(dead_code)]
-
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -21,6 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
@@ -37,6 +35,7 @@ const MAX_HOLDER_BYTES: u64 = 4096;
 
 /// The exclusive lock on one cluster, held until dropped.
 #[derive(Debug)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub struct ClusterLock {
     file: File,
     path: PathBuf,
@@ -80,6 +79,24 @@ impl fmt::Display for LockBusy {
 
 impl std::error::Error for LockBusy {}
 
+/// The lock this run holds, so the children that write into the cluster can be given it.
+static HELD: OnceLock<ClusterLock> = OnceLock::new();
+
+/// Takes the lock of `cluster` for the rest of this run (see [`ClusterLock::acquire`]).
+pub fn take_for_run(cluster: &str, command: &str, wait: bool) -> Result<()> {
+    let lock = ClusterLock::acquire(Path::new(DEFAULT_LOCK_DIR), cluster, command, wait)?;
+    let _ = HELD.set(lock);
+    Ok(())
+}
+
+/// Lets the child `command` starts hold this run's lock, if it holds one: a pg_basebackup or
+/// pg_rewind left running by a killed pgha keeps the next run out until it ends.
+pub fn hold_in_child(command: &mut Command) {
+    if let Some(lock) = HELD.get() {
+        lock.hold_in_child(command);
+    }
+}
+
 impl ClusterLock {
     /// Takes the lock of `cluster` ("15/main") for `command`. Without `wait`, a held lock is a
     /// [`LockBusy`] error; with it, pgha says once whom it waits for and blocks until its turn.
@@ -105,10 +122,12 @@ impl ClusterLock {
         Ok(ClusterLock { file, path, cluster: cluster.to_string() })
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn cluster(&self) -> &str {
         &self.cluster
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -10,6 +10,8 @@ mod config;
 mod debian;
 mod error;
 mod files;
+#[cfg(test)]
+mod fuzz_tests;
 mod hba;
 mod health;
 mod host;
@@ -22,6 +24,7 @@ mod primary;
 mod quote;
 mod render;
 mod replication;
+mod signals;
 mod size;
 mod standby;
 mod tools;
@@ -31,6 +34,10 @@ mod version;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose);
+    if let Err(error) = signals::install() {
+        log::error!("cannot install signal handlers: {error:#}");
+        return ExitCode::from(error::EXIT_FAILURE as u8);
+    }
     let config = cli.config.as_path();
     let result = match cli.command {
         Command::Render(args) => args.run(config),

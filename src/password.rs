@@ -30,6 +30,9 @@ pub fn stored_matches(version: PgVersion, user: &str, stored: &str, password: &P
     }
 }
 
+/// PostgreSQL writes 4096 by default; ten million already takes seconds to check.
+const MAX_SCRAM_ITERATIONS: u32 = 10_000_000;
+
 /// Checks a `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey` verifier against a password.
 pub fn scram_matches(stored: &str, password: &Password) -> bool {
     let Some(rest) = stored.strip_prefix("SCRAM-SHA-256$") else { return false };
@@ -41,6 +44,12 @@ pub fn scram_matches(stored: &str, password: &Password) -> bool {
     else {
         return false;
     };
+    // pg_authid is read as the replication role's owner could have set it: an absurd count would keep
+    // pgha hashing for minutes. Such a verifier is not one pgha wrote, so it is rewritten.
+    if !(1..=MAX_SCRAM_ITERATIONS).contains(&iterations) {
+        log::info!("the stored SCRAM verifier has {iterations} iterations: not a pgha verifier");
+        return false;
+    }
     let salted = salted_password(&saslprep(password.expose()), &salt, iterations);
     let client_key = hmac_sha256(&salted, b"Client Key");
     Sha256::digest(client_key).as_slice() == stored_key.as_slice()
@@ -95,6 +104,19 @@ mod tests {
         let stored = "SCRAM-SHA-256$4096:nsm5aOdCXk3S++YAJCyBjg==$vOGoNx/3avGw7e3TtnNWZ2mT1MeeMjQSuxN+e7S2x3A=:hCW9T3Tj2TbklN41mSmZY/cOB3cLrvEoj0tCm1yDtkY=";
         assert!(scram_matches(stored, &Password::new("it's \"q\" \\ ü".into())));
         assert!(!scram_matches(stored, &Password::new("it's \"q\" \\ u".into())));
+    }
+
+    #[test]
+    fn an_absurd_iteration_count_is_not_checked_but_refused_at_once() {
+        let password = Password::new("pw".into());
+        let stored = verifier_for(PgVersion::new(15, 0), "replicator", &password);
+        let rest = stored.strip_prefix("SCRAM-SHA-256$4096:").unwrap();
+        let started = std::time::Instant::now();
+        for count in ["0", "10000001", "4294967295"] {
+            assert!(!scram_matches(&format!("SCRAM-SHA-256${count}:{rest}"), &password), "{count}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "took {:?}", started.elapsed());
+        assert!(scram_matches(&format!("SCRAM-SHA-256$4096:{rest}"), &password));
     }
 
     #[test]

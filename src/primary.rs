@@ -13,7 +13,7 @@ use crate::config::{Config, Password};
 use crate::debian::{log_tail, parse_includes_conf_d, Cluster};
 use crate::error::ConfigError;
 use crate::files::apply::Transaction;
-use crate::files::plan::{existing_ownership, rendered_file_change, Ownership, Plan, Step};
+use crate::files::plan::{existing_ownership, read_config_text, rendered_file_change, Ownership, Plan, Step};
 use crate::host::postgres_account;
 use crate::password::{stored_matches, verifier_for};
 use crate::quote::{sql_identifier, sql_literal};
@@ -66,7 +66,7 @@ pub fn list(addresses: &[std::net::IpAddr]) -> String {
 
 fn require_conf_d_included(cluster: &Cluster) -> Result<()> {
     let path = cluster.config_dir.join("postgresql.conf");
-    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = read_config_text(&path)?;
     if parse_includes_conf_d(&text, &cluster.config_dir) {
         Ok(())
     } else {
@@ -242,6 +242,7 @@ pub fn apply(plan: &Plan, cluster: &Cluster, target: &Target) -> Result<()> {
     if let Err(error) = result {
         log::error!("{error:#}");
         log::warn!("putting back the files pgha changed");
+        crate::signals::finish_from_here();
         transaction.rollback().context("after a failed `pgha primary`")?;
         if let Err(restore) = restore_service(cluster, target, server) {
             return Err(error.context(format!(
@@ -255,6 +256,7 @@ pub fn apply(plan: &Plan, cluster: &Cluster, target: &Target) -> Result<()> {
             cluster.id()
         )));
     }
+    transaction.commit();
     Ok(())
 }
 

@@ -16,6 +16,13 @@ use crate::quote::conninfo_quote;
 use crate::tools::psql::{classify_failure, ConnectionFailure, Target};
 use crate::version::PgVersion;
 
+/// How pgha's own connections notice a primary that vanished (link down, host powered off)
+/// instead of waiting for the kernel's TCP timeout of many minutes: keepalives after 5 s of
+/// silence, 3 probes 2 s apart, and unacknowledged data given up after 15 s. The clients are
+/// Debian's PostgreSQL 15 tools, whose libpq knows all of these.
+const DEAD_PEER_DETECTION: &str =
+    "keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3 tcp_user_timeout=15000";
+
 /// A conninfo for the primary: the password comes from `passfile`, never from the string.
 /// `server` is the primary's major version (preflight refuses any other than the local
 /// cluster's): it decides whether the login can be bound to the TLS session.
@@ -34,6 +41,7 @@ pub fn primary_client_conninfo(config: &Config, passfile: &Path, server: PgVersi
         parts.push(format!("{keyword}={}", conninfo_quote(&value)));
     }
     parts.push("connect_timeout=10".into());
+    parts.push(DEAD_PEER_DETECTION.into());
     parts.join(" ")
 }
 

@@ -15,6 +15,10 @@ pub struct PrimaryArgs {
     /// Print the plan (a diff of each file, the SQL and commands) and change nothing
     #[arg(long)]
     pub dry_run: bool,
+
+    /// When another pgha works on this cluster, wait for it instead of exiting 1
+    #[arg(long)]
+    pub wait: bool,
 }
 
 impl PrimaryArgs {
@@ -24,6 +28,9 @@ impl PrimaryArgs {
         let password = config.read_password()?;
         let node = Node::for_config(config)?;
         let (config, cluster) = (&node.config, &node.cluster);
+        if !self.dry_run {
+            crate::lock::take_for_run(&cluster.id(), "pgha primary", self.wait)?;
+        }
         node.require_online()?;
         require_local_address(config_path, "primary.address", config.primary.address)?;
         let prepared = prepare(config, cluster, &password)?;

@@ -35,6 +35,10 @@ pub struct PromoteArgs {
     /// (only when it is fenced: no client can reach it)
     #[arg(long)]
     pub force: bool,
+
+    /// When another pgha works on this cluster, wait for it instead of exiting 1
+    #[arg(long)]
+    pub wait: bool,
 }
 
 impl PromoteArgs {
@@ -48,6 +52,7 @@ impl PromoteArgs {
                 "none of this host's addresses is listed: run `pgha promote` on a standby",
             )
         })?;
+        crate::lock::take_for_run(&cluster.id(), "pgha promote", self.wait)?;
         node.require_online()?;
         let target = Target::local(cluster);
         let in_recovery = query_bool(&target, "SELECT pg_is_in_recovery()")?;
@@ -78,6 +83,9 @@ impl PromoteArgs {
             if !self.force {
                 refuse_if_primary_alive(config, cluster.version, &target)?;
             }
+            // From the moment the server is asked to promote there is no way back: a signal from here
+            // on lets the promote and the steps after it finish, and is only reported.
+            crate::signals::finish_from_here();
             promote(cluster, &target)?;
             wait_for_writes(&target, cluster)?;
             println!(

@@ -28,6 +28,10 @@ pub struct RejoinArgs {
     /// How long the rejoined standby gets to start streaming (default: standby.streaming_timeout)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+
+    /// When another pgha works on this cluster, wait for it instead of exiting 1
+    #[arg(long)]
+    pub wait: bool,
 }
 
 impl RejoinArgs {
@@ -50,6 +54,7 @@ impl RejoinArgs {
         let own_address = find_local_address(&config.standby.addresses)?.ok_or_else(|| {
             ConfigError::key(config_path, "standby.addresses", "none of them is an address of this host")
         })?;
+        crate::lock::take_for_run(&cluster.id(), "pgha rejoin", self.wait)?;
         let context = StandbyContext { config, cluster, password: &password, own_address };
         let options = RejoinOptions {
             full_clone: self.full_clone,
@@ -60,15 +65,18 @@ impl RejoinArgs {
             Rejoined::AlreadyStreaming => {
                 println!("nothing to do: cluster {} already streams from {}", cluster.id(), config.primary.address);
             }
-            Rejoined::Rewound { fork_note, elapsed } => {
+            Rejoined::Rewound { rewound, elapsed } => {
                 println!(
                     "cluster {} rejoined as a standby of {} with pg_rewind in {:.1}s",
                     cluster.id(),
                     config.primary.address,
                     elapsed.as_secs_f64()
                 );
-                if let Some(note) = fork_note {
+                if let Some(note) = rewound.fork_note {
                     println!("{note}");
+                }
+                if !rewound.streaming {
+                    println!("{}", not_streaming_yet(cluster, config));
                 }
             }
             Rejoined::Cloned { report, elapsed } => {
@@ -80,8 +88,21 @@ impl RejoinArgs {
                     report.cloned_bytes >> 20
                 );
                 report.print_kept_data_dir();
+                if !report.streaming {
+                    println!("{}", not_streaming_yet(cluster, config));
+                }
             }
         }
         Ok(EXIT_OK)
     }
+}
+
+/// The note for a standby that runs in recovery but did not stream within the timeout.
+pub fn not_streaming_yet(cluster: &crate::debian::Cluster, config: &crate::config::Config) -> String {
+    format!(
+        "cluster {} runs as a standby of {} but does not stream yet: it may still be replaying, or the primary is \
+         out of reach; nothing was undone, and `pgha status` shows when it streams",
+        cluster.id(),
+        config.primary.address
+    )
 }

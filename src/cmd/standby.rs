@@ -34,6 +34,10 @@ pub struct StandbyArgs {
     /// How long the new standby gets to start streaming (default: standby.streaming_timeout)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+
+    /// When another pgha works on this cluster, wait for it instead of exiting 1
+    #[arg(long)]
+    pub wait: bool,
 }
 
 impl StandbyArgs {
@@ -51,6 +55,9 @@ impl StandbyArgs {
                 have.join(", ")
             )
         })?;
+        if !self.dry_run {
+            crate::lock::take_for_run(&cluster.id(), "pgha standby", self.wait)?;
+        }
         let context = StandbyContext { config, cluster, password: &password, own_address };
         let passfile = PrivatePassfile::new(config, &password)?;
         let system_identifier = identify_primary(&context, &passfile.path)?;
@@ -100,13 +107,17 @@ impl StandbyArgs {
         }
 
         let report = clone_standby(&context, &primary, timeout)?;
-        let summary = format!(
-            "cluster {} streams from {} ({} MB cloned in {:.1}s)",
-            cluster.id(),
-            config.primary.address,
-            report.cloned_bytes >> 20,
-            report.elapsed.as_secs_f64()
-        );
+        let summary = if report.streaming {
+            format!(
+                "cluster {} streams from {} ({} MB cloned in {:.1}s)",
+                cluster.id(),
+                config.primary.address,
+                report.cloned_bytes >> 20,
+                report.elapsed.as_secs_f64()
+            )
+        } else {
+            crate::cmd::rejoin::not_streaming_yet(cluster, config)
+        };
         notify_status(&summary);
         println!("{summary}");
         report.print_kept_data_dir();

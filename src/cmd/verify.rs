@@ -55,7 +55,9 @@ impl VerifyArgs {
         let target_lsn = parse_verify_output(&answer)?;
         println!("wrote WAL position {target_lsn} on the primary ({where_})");
 
-        let remaining = Duration::from_secs(self.timeout).saturating_sub(started.elapsed());
+        // A deadline past what the clock can represent would panic; a century is "wait forever" here.
+        let timeout = Duration::from_secs(self.timeout.min(100 * 365 * 86400));
+        let remaining = timeout.saturating_sub(started.elapsed());
         let mut arrived: BTreeMap<IpAddr, Duration> = BTreeMap::new();
         let mut last_seen: BTreeMap<IpAddr, Option<Lsn>> = BTreeMap::new();
         let all_arrived = poll_until(remaining, POLL_INTERVAL, || {

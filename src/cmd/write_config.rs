@@ -96,6 +96,7 @@ impl WriteConfigArgs {
             }
             log::info!("wrote {}", change.path.display());
         }
+        transaction.commit();
         Ok(EXIT_OK)
     }
 }

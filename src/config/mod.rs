@@ -290,13 +290,19 @@ impl Config {
             }
             addresses.push(address);
         }
+        let streaming_timeout = raw_standby.streaming_timeout.as_deref().unwrap_or(DEFAULTS.streaming_timeout);
         let standby = Standby {
             addresses,
-            streaming_timeout: parse_duration(
-                raw_standby.streaming_timeout.as_deref().unwrap_or(DEFAULTS.streaming_timeout),
-            )
-            .map_err(|message| bad("standby.streaming_timeout", message))?,
+            streaming_timeout: parse_duration(streaming_timeout)
+                .map_err(|message| bad("standby.streaming_timeout", message))?,
         };
+        // A deadline this far away is "never"; far enough, it is also past what the clock can hold.
+        if standby.streaming_timeout > Duration::from_secs(366 * 86400) {
+            return Err(bad(
+                "standby.streaming_timeout",
+                format!("{streaming_timeout:?} is longer than a year: expected a duration such as \"5min\""),
+            ));
+        }
 
         let raw_replication = raw.replication.unwrap_or_default();
         let user = raw_replication.user.unwrap_or_else(|| DEFAULTS.user.to_string());
@@ -447,10 +453,13 @@ mod tests {
 
     #[test]
     fn role_names_that_break_hba_or_sql_are_refused() {
-        for name in ["", "pg_repl", "all", "a\"b", "with space", "new\nline", "postgres", &"x".repeat(64)] {
+        let refused = ["", "pg_repl", "all", "a\"b", "with space", "new\nline", "postgres", &"x".repeat(64)];
+        let outside_the_whitelist =
+            ["/.*", "/^rep", "réplique", "o'brien", "a$b;c\\d", "rép'l$;x:1", "@file", "a\u{7f}"];
+        for name in refused.into_iter().chain(outside_the_whitelist) {
             assert!(validate_role_name(name).is_err(), "{name:?} should be refused");
         }
-        for name in ["replicator", "rep-user.1", "réplique", "o'brien", "a$b;c\\d"] {
+        for name in ["replicator", "rep-user.1", "Repl.x$-1@a", "_x", &"x".repeat(63)] {
             assert!(validate_role_name(name).is_ok(), "{name:?} should be accepted");
         }
     }
@@ -498,6 +507,30 @@ mod tests {
         ] {
             let text = with(mode, file).unwrap_err().to_string();
             assert!(text.contains("replication.sslrootcert") && text.contains(expected), "{file}: {text}");
+        }
+    }
+
+    #[test]
+    fn control_characters_and_endless_waits_are_refused() {
+        for (key, line) in [
+            ("replication.password_file", "[replication]\npassword_file = \"/etc/pgha/pw\\nx\""),
+            ("replication.passfile", "[replication]\npassfile = \"/var/lib/postgresql/\\u0001p\""),
+            ("archive.directory", "[archive]\ndirectory = \"/srv/a\\rb\""),
+            ("archive.directory", "[archive]\ndirectory = \"/srv/a\\u0085b\""),
+            ("cluster.name", "[cluster]\nname = \"ma\\tin\""),
+            ("replication.sslrootcert", "[replication]\nsslrootcert = \"/etc/pgha/ca\\u0001.crt\""),
+            (
+                "standby.streaming_timeout",
+                "[standby]\naddresses = [\"192.0.2.11\"]\nstreaming_timeout = \"500000000000y\"",
+            ),
+        ] {
+            let text = if line.starts_with("[standby]") {
+                format!("[primary]\naddress = \"192.0.2.10\"\n{line}\n")
+            } else {
+                format!("{MINIMAL}{line}\n")
+            };
+            let error = parse(&text).expect_err(line).to_string();
+            assert!(error.contains(key), "{line:?}: {error}");
         }
     }
 

@@ -47,7 +47,8 @@ pub fn validate_cluster_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Role names pgha can put into SQL, pg_hba.conf and a passfile without ambiguity.
+/// Role names pgha can put into SQL, pg_hba.conf and a passfile without ambiguity: the set the
+/// package's debconf questions accept, so an answer that passes there passes here.
 pub fn validate_role_name(name: &str) -> Result<(), String> {
     let expected = "expected 1 to 63 bytes of letters, digits, '_', '-', '.', '@' or '$', not starting with pg_";
     if name.is_empty() {
@@ -56,15 +57,19 @@ pub fn validate_role_name(name: &str) -> Result<(), String> {
     if name.len() > 63 {
         return Err(format!("{name:?} is {} bytes long; PostgreSQL truncates names to 63: {expected}", name.len()));
     }
-    // pg_hba.conf has no way to escape a double quote, and control characters break every file format involved.
-    if let Some(bad) = name.chars().find(|c| c.is_control() || *c == '"' || c.is_whitespace() || *c == ',') {
-        return Err(format!("{name:?} contains {bad:?}, which pg_hba.conf cannot express: {expected}"));
+    // PostgreSQL 16+ reads a pg_hba.conf user starting with '/' as a regular expression, quoted or not.
+    if name.starts_with('/') {
+        return Err(format!("{name:?}: a leading '/' makes it a regular expression in pg_hba.conf: {expected}"));
+    }
+    // A whitelist: every character outside it has a meaning somewhere (hba, conninfo, passfile, shell).
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_-.@$".contains(*c))) {
+        return Err(format!("{name:?} contains {bad:?}: {expected}"));
     }
     if name.starts_with("pg_") {
         return Err(format!("{name:?}: names starting with pg_ are reserved by PostgreSQL: {expected}"));
     }
-    if name.starts_with('+') || name.starts_with('@') {
-        return Err(format!("{name:?}: a leading '+' or '@' means a group or a file in pg_hba.conf: {expected}"));
+    if name.starts_with('@') {
+        return Err(format!("{name:?}: a leading '@' means a file in pg_hba.conf: {expected}"));
     }
     let reserved = [
         "all",
@@ -140,10 +145,16 @@ pub fn parse_size_mb(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a size: expected a number and MB, GB or TB, such as \"1GB\""))
 }
 
+/// An absolute path that can be written into a config file, a conninfo or a shell command:
+/// a control character (a line break above all) would end the line or the word it stands in.
 pub fn absolute(path: PathBuf) -> Result<PathBuf, String> {
+    let text = path.display().to_string();
+    if let Some(bad) = text.chars().find(|c| c.is_control()) {
+        return Err(format!("{text:?} contains the control character {bad:?}: expected a plain absolute path"));
+    }
     if path.is_absolute() {
         Ok(path)
     } else {
-        Err(format!("{:?} is relative: expected an absolute path", path.display().to_string()))
+        Err(format!("{text:?} is relative: expected an absolute path"))
     }
 }

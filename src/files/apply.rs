@@ -1,40 +1,48 @@
-//! The one writer of configuration files. Writes are atomic (temp file in the same directory, fsync,
-//! rename, fsync the directory), and every change is recorded so a failed run can be undone.
+//! The one writer of configuration files. Writes are atomic (an exclusive temporary file in the
+//! same directory, owner and mode set on its descriptor before any content, fsync, rename, fsync
+//! the directory), go through directory handles that follow no symlink another account could
+//! plant (`files::secure`), and every change is recorded so a failed run can be undone, even by a
+//! panic: a transaction that was not committed rolls back when it is dropped.
 
-use std::fs::{self, File};
-use std::io::Write;
-use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::files::plan::{existing_ownership, FileChange, Ownership};
+use crate::files::secure::{open_parent, Dir, Kind};
 
 /// Writes `content` to `path` atomically with the given owner and mode.
 pub fn write_atomic(path: &Path, content: &[u8], ownership: Ownership) -> Result<()> {
-    let dir = path.parent().with_context(|| format!("{} has no parent directory", path.display()))?;
-    let mut temp = tempfile::Builder::new()
-        .prefix(".pgha-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    // Set mode before writing, so a secret is never readable by others, not even briefly.
-    temp.as_file().set_permissions(fs::Permissions::from_mode(ownership.mode))?;
-    chown(temp.path(), Some(ownership.uid), Some(ownership.gid))
-        .with_context(|| format!("cannot set the owner of a temporary file in {}", dir.display()))?;
-    temp.write_all(content).with_context(|| format!("cannot write {}", path.display()))?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).with_context(|| format!("cannot rename into {}", path.display()))?;
-    sync_dir(dir)
+    let (dir, name) = open_parent(path)?;
+    dir.write_atomic(&name, content, ownership)
 }
 
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|handle| handle.sync_all()).with_context(|| format!("cannot fsync {}", dir.display()))
-}
-
-pub fn create_dir(path: &Path, ownership: Ownership) -> Result<()> {
-    fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(ownership.mode))?;
-    chown(path, Some(ownership.uid), Some(ownership.gid)).with_context(|| format!("cannot chown {}", path.display()))
+/// Makes `path` a directory with this owner and mode, creating missing parents (root, 0755), or
+/// sets them on the directory that is there. A symlink anywhere is refused, not followed.
+/// Returns the directories it created, outermost first.
+pub fn create_dir(path: &Path, ownership: Ownership) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut existing = path;
+    while !existing.exists() && existing.symlink_metadata().is_err() {
+        missing.push(existing);
+        existing = existing.parent().with_context(|| format!("cannot create {}: no parent exists", path.display()))?;
+    }
+    if existing == path {
+        let (parent, name) = open_parent(path)?;
+        parent.create_dir_or_open_existing(&name, ownership)?;
+        return Ok(Vec::new());
+    }
+    let mut dir = Dir::open_following_root_links(existing)?;
+    let mut created = Vec::new();
+    for (index, missing_path) in missing.iter().rev().enumerate() {
+        let name =
+            missing_path.file_name().with_context(|| format!("{} names no directory", missing_path.display()))?;
+        let leaf = index + 1 == missing.len();
+        let own = if leaf { ownership } else { Ownership { uid: 0, gid: 0, mode: 0o755 } };
+        dir = dir.create_dir(name, own)?;
+        created.push(missing_path.to_path_buf());
+    }
+    Ok(created)
 }
 
 #[derive(Debug)]
@@ -44,7 +52,8 @@ enum Undo {
     RemoveEmptyDir(PathBuf),
 }
 
-/// Changes applied so far, in order, so they can be put back.
+/// Changes applied so far, in order, so they can be put back. Call `commit` to keep them;
+/// dropping an uncommitted transaction rolls it back.
 #[derive(Debug, Default)]
 pub struct Transaction {
     undo: Vec<Undo>,
@@ -70,31 +79,30 @@ impl Transaction {
     }
 
     pub fn create_dir(&mut self, path: &Path, ownership: Ownership) -> Result<()> {
-        // Remember the outermost directory that did not exist, so undo removes all of what we made.
-        let mut created = Vec::new();
-        let mut missing = Some(path);
-        while let Some(dir) = missing.filter(|dir| !dir.exists()) {
-            created.push(dir.to_path_buf());
-            missing = dir.parent();
-        }
-        create_dir(path, ownership)?;
-        self.undo.extend(created.into_iter().rev().map(Undo::RemoveEmptyDir));
+        let created = create_dir(path, ownership)?;
+        // Outermost first, so undo (newest first) removes the innermost first.
+        self.undo.extend(created.into_iter().map(Undo::RemoveEmptyDir));
         Ok(())
     }
 
+    /// Keeps every change.
+    pub fn commit(mut self) {
+        self.undo.clear();
+    }
+
     /// Puts every recorded change back, newest first. Keeps going past errors and reports them all.
-    pub fn rollback(self) -> Result<()> {
+    pub fn rollback(mut self) -> Result<()> {
+        self.undo_all()
+    }
+
+    fn undo_all(&mut self) -> Result<()> {
         let mut failures = Vec::new();
-        for undo in self.undo.into_iter().rev() {
+        for undo in std::mem::take(&mut self.undo).into_iter().rev() {
             let result = match &undo {
                 Undo::Restore { path, content, ownership } => write_atomic(path, content.as_bytes(), *ownership),
-                Undo::Remove(path) => {
-                    fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))
-                }
+                Undo::Remove(path) => remove_entry(path, false),
                 // remove_dir refuses non-empty directories: anything that arrived meanwhile stays.
-                Undo::RemoveEmptyDir(path) => {
-                    fs::remove_dir(path).with_context(|| format!("cannot remove {}", path.display()))
-                }
+                Undo::RemoveEmptyDir(path) => remove_entry(path, true),
             };
             if let Err(error) = result {
                 failures.push(format!("{error:#}"));
@@ -110,6 +118,27 @@ impl Transaction {
     }
 }
 
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if !self.undo.is_empty() {
+            log::warn!("putting back the files changed so far: the run stopped before it finished");
+            if let Err(error) = self.undo_all() {
+                log::error!("{error:#}");
+            }
+        }
+    }
+}
+
+fn remove_entry(path: &Path, directory: bool) -> Result<()> {
+    let (dir, name) = open_parent(path)?;
+    match dir.stat(&name)? {
+        Some(stat) if directory && stat.kind == Kind::Dir => dir.remove_dir(&name),
+        Some(stat) if !directory && stat.kind != Kind::Dir => dir.remove_file(&name),
+        Some(stat) => anyhow::bail!("cannot remove {}: it is {} now", path.display(), stat.kind),
+        None => Ok(()),
+    }
+}
+
 fn describe_undo(undo: &Undo) -> String {
     match undo {
         Undo::Restore { path, .. } => format!("restored {}", path.display()),
@@ -120,9 +149,11 @@ fn describe_undo(undo: &Undo) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
     use crate::files::plan::file_change;
-    use std::os::unix::fs::MetadataExt;
 
     fn mine(mode: u32) -> Ownership {
         Ownership { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw(), mode }
@@ -151,5 +182,35 @@ mod tests {
         transaction.rollback().unwrap();
         assert_eq!(fs::read_to_string(&existing).unwrap(), "old\n");
         assert!(!dir.path().join("made").exists());
+    }
+
+    #[test]
+    fn a_dropped_transaction_rolls_back_and_a_committed_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, "old\n").unwrap();
+        let change = || file_change(&path, "new\n".into(), mine(0o644)).unwrap().unwrap();
+        let result = std::panic::catch_unwind(|| {
+            let mut transaction = Transaction::new();
+            transaction.write(&change()).unwrap();
+            panic!("a bug in the middle of a run");
+        });
+        assert!(result.is_err());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "old\n", "the panic skipped the undo");
+        let mut transaction = Transaction::new();
+        transaction.write(&change()).unwrap();
+        transaction.commit();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
+    }
+
+    #[test]
+    fn a_symlink_planted_at_a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = tempfile::tempdir().unwrap();
+        fs::set_permissions(canary.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(canary.path(), dir.path().join("archive")).unwrap();
+        let error = create_dir(&dir.path().join("archive"), mine(0o700)).unwrap_err();
+        assert!(format!("{error:#}").contains("symbolic link"), "{error:#}");
+        assert_eq!(fs::metadata(canary.path()).unwrap().mode() & 0o777, 0o755, "the canary's mode changed");
     }
 }

@@ -4,17 +4,17 @@
 //! beside the data directory so that every swap is a rename on one filesystem. This module names
 //! them, sizes them, checks free space, and moves, copies and removes them.
 
+use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 
-use crate::files::apply::{create_dir, sync_dir};
-use crate::files::plan::Ownership;
+use crate::files::secure::{copy_tree, open_parent, CopyOwnership, Dir, Ownership};
 use crate::host::postgres_account;
-use crate::tools::{root_command, run_checked};
+use crate::tools::{postgres_command, run_checked};
 
 /// `<datadir>.pgha-staging`: beside the data directory, so the swap is a rename on one filesystem.
 pub fn staging_path(data_dir: &Path) -> PathBuf {
@@ -105,67 +105,91 @@ pub fn check_swappable(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The directory holding the data directory, and the data directory's own name. Everything
+/// below goes through this handle: the parent is usually postgres' (/var/lib/postgresql/VERSION).
+fn beside(data_dir: &Path) -> Result<(Dir, OsString)> {
+    open_parent(data_dir)
+}
+
+fn name_of(path: &Path) -> Result<OsString> {
+    Ok(path.file_name().with_context(|| format!("{} names no directory", path.display()))?.to_os_string())
+}
+
+fn postgres_only() -> Result<Ownership> {
+    let postgres = postgres_account()?;
+    Ok(Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o700 })
+}
+
 /// An empty staging directory (postgres, 0700), after removing one an interrupted clone left.
+/// Whatever is at the staging name (a directory, a symlink, anything) is removed without being
+/// followed, and the new directory is created exclusively.
 pub fn fresh_staging(data_dir: &Path) -> Result<PathBuf> {
     let staging = staging_path(data_dir);
-    if staging.exists() {
+    let (parent, _) = beside(data_dir)?;
+    let name = name_of(&staging)?;
+    if parent.stat(&name)?.is_some() {
         log::warn!("removing {} left by an interrupted clone", staging.display());
-        fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+        parent.remove_tree(&name)?;
     }
-    let postgres = postgres_account()?;
-    create_dir(&staging, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o700 })?;
+    parent.create_dir(&name, postgres_only()?)?;
     Ok(staging)
 }
 
 /// Removes a staging directory; it only ever holds a copy of the primary.
 pub fn remove_staging(staging: &Path) -> Result<()> {
-    if staging.exists() {
-        fs::remove_dir_all(staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+    let (parent, name) = open_parent(staging)?;
+    if parent.stat(&name)?.is_some() {
+        parent.remove_tree(&name)?;
         log::info!("removed the staging directory {}", staging.display());
     }
     Ok(())
 }
 
 /// Moves the data directory aside and staging into its place. Returns where the old one went.
+/// Neither rename replaces anything: a name planted meanwhile makes the swap fail, not vanish.
 pub fn swap_in(data_dir: &Path, staging: &Path) -> Result<Option<PathBuf>> {
-    let parent = parent(data_dir)?;
-    let old = if data_dir.exists() {
-        let old = old_path(data_dir, SystemTime::now());
-        fs::rename(data_dir, &old)
-            .with_context(|| format!("cannot move {} to {}", data_dir.display(), old.display()))?;
-        log::info!("moved the old data directory to {}", old.display());
-        Some(old)
-    } else {
-        None
-    };
-    if let Err(error) = fs::rename(staging, data_dir) {
-        if let Some(old) = &old {
-            fs::rename(old, data_dir).with_context(|| format!("cannot move {} back", old.display()))?;
+    let (parent, data_name) = beside(data_dir)?;
+    let staging_name = name_of(staging)?;
+    let old = match parent.stat(&data_name)? {
+        Some(_) => {
+            let old = old_path(data_dir, SystemTime::now());
+            parent.rename_noreplace(&data_name, name_of(&old)?)?;
+            log::info!("moved the old data directory to {}", old.display());
+            Some(old)
         }
-        return Err(error).with_context(|| format!("cannot move {} to {}", staging.display(), data_dir.display()));
+        None => None,
+    };
+    if let Err(error) = parent.rename_noreplace(&staging_name, &data_name) {
+        if let Some(old) = &old {
+            parent.rename_noreplace(name_of(old)?, &data_name)?;
+        }
+        return Err(error);
     }
-    fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))?;
-    sync_dir(parent)?;
+    parent.open_dir(&data_name)?.set_ownership(postgres_only()?)?;
+    parent.sync()?;
     Ok(old)
 }
 
 /// Undoes `swap_in` after the new copy failed: the copy goes (it is only the primary's data,
 /// nothing of this host's is lost) and the old data directory comes back.
 pub fn swap_back(data_dir: &Path, old: Option<&Path>) -> Result<()> {
-    let failed_copy = failed_path(data_dir);
-    let _ = fs::remove_dir_all(&failed_copy);
-    fs::rename(data_dir, &failed_copy)
-        .with_context(|| format!("cannot move the failed copy out of {}", data_dir.display()))?;
+    let (parent, data_name) = beside(data_dir)?;
+    let failed = name_of(&failed_path(data_dir))?;
+    if parent.stat(&failed)?.is_some() {
+        parent.remove_tree(&failed)?;
+    }
+    parent.rename_noreplace(&data_name, &failed)?;
     if let Some(old) = old {
-        fs::rename(old, data_dir)
-            .with_context(|| format!("cannot move {} back to {}", old.display(), data_dir.display()))?;
+        parent.rename_noreplace(name_of(old)?, &data_name)?;
         log::info!("moved {} back to {}", old.display(), data_dir.display());
     }
-    fs::remove_dir_all(&failed_copy).with_context(|| format!("cannot remove {}", failed_copy.display()))
+    parent.remove_tree(&failed)?;
+    parent.sync()
 }
 
 /// Copies the (cleanly shut down) data directory to `<datadir>.pgha-old-<time>` after checking
-/// it fits; refuses, leaving everything as it was, when it does not.
+/// it fits; refuses, leaving everything as it was, when it does not. The copy is made through
+/// handles (no link in the data directory is followed), with reflinks where the filesystem has them.
 pub fn copy_aside(data_dir: &Path) -> Result<PathBuf> {
     let copy = old_path(data_dir, SystemTime::now());
     let size = dir_size(data_dir);
@@ -176,34 +200,44 @@ pub fn copy_aside(data_dir: &Path) -> Result<PathBuf> {
         "free some space, or run `pgha rejoin --no-keep-copy` to keep only the diverged WAL",
     )?;
     log::info!("copying {} ({} MB) to {} before pg_rewind", data_dir.display(), size >> 20, copy.display());
-    let mut command = root_command("cp");
-    command.arg("-a").arg("--reflink=auto").arg(data_dir).arg(&copy);
-    if let Err(error) = run_checked(&mut command, "cp -a") {
-        let _ = fs::remove_dir_all(&copy);
-        return Err(error);
+    let (parent, data_name) = beside(data_dir)?;
+    let copy_name = name_of(&copy)?;
+    let source = parent.open_dir(&data_name)?;
+    let target = parent.create_dir(&copy_name, postgres_only()?)?;
+    if let Err(error) = copy_tree(&source, &target, CopyOwnership::Preserve) {
+        let _ = parent.remove_tree(&copy_name);
+        return Err(error.context(format!("cannot copy {} to {}", data_dir.display(), copy.display())));
     }
     Ok(copy)
 }
 
-/// Copies `names` from `from` into a new `<datadir>.pgha-fork-<time>` (postgres, 0700), with
-/// `notes` written beside them as files. Returns the directory.
-pub fn save_fork(data_dir: &Path, from: &Path, names: &[String], notes: &[(&str, &str)]) -> Result<PathBuf> {
+/// Copies `names` from `wal_dir` into a new `<datadir>.pgha-fork-<time>` (postgres, 0700), with
+/// `notes` written beside them as files. Returns the directory. Root makes the directory
+/// exclusively; the copy itself runs as postgres, because pg_wal may legitimately be a symlink
+/// to another disk, and what postgres reads as itself gives it nothing it did not have.
+pub fn save_fork(data_dir: &Path, wal_dir: &Path, names: &[String], notes: &[(&str, &str)]) -> Result<PathBuf> {
     let fork = fork_path(data_dir, SystemTime::now());
-    let postgres = postgres_account()?;
-    create_dir(&fork, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o700 })?;
-    for name in names {
-        fs::copy(from.join(name), fork.join(name)).with_context(|| format!("cannot save {name}"))?;
-        std::os::unix::fs::chown(fork.join(name), Some(postgres.uid), Some(postgres.gid))?;
+    let (parent, _) = beside(data_dir)?;
+    let fork_dir = parent.create_dir(name_of(&fork)?, postgres_only()?)?;
+    for chunk in names.chunks(256) {
+        let mut command = postgres_command("cp")?;
+        command.args(["--no-dereference", "--preserve=mode,timestamps", "--"]);
+        command.args(chunk.iter().map(|name| wal_dir.join(name)));
+        command.arg(&fork);
+        run_checked(&mut command, "cp (saving the diverged WAL)")?;
     }
+    let postgres = postgres_only()?;
     for (name, text) in notes {
-        fs::write(fork.join(name), text)?;
+        fork_dir.write_atomic(name, text.as_bytes(), Ownership { mode: 0o600, ..postgres })?;
     }
+    fork_dir.sync()?;
     Ok(fork)
 }
 
 /// Adds a note to a saved fork.
 pub fn add_note(fork: &Path, name: &str, text: &str) -> Result<()> {
-    fs::write(fork.join(name), text).with_context(|| format!("cannot write {}", fork.join(name).display()))
+    let postgres = postgres_only()?;
+    Dir::open_following_root_links(fork)?.write_atomic(name, text.as_bytes(), Ownership { mode: 0o600, ..postgres })
 }
 
 #[cfg(test)]

@@ -2,24 +2,17 @@
 //! `--dry-run` prints it; `apply` carries it out.
 
 use std::fmt::Write as _;
-use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use similar::TextDiff;
 
+use crate::files::secure::{open_parent, read_text_capped};
 use crate::hba::merge_block;
 use crate::host::postgres_account;
 use crate::render::{FileKind, RenderedFile};
 
-/// Owner and mode a written file must end up with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ownership {
-    pub uid: u32,
-    pub gid: u32,
-    pub mode: u32,
-}
+pub use crate::files::secure::Ownership;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileChange {
@@ -100,23 +93,25 @@ pub fn describe_file_change(change: &FileChange) -> String {
     out
 }
 
+/// Configuration files pgha reads and rewrites are small; anything larger is not one of them.
+const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
 /// A write of `new` to `path`, or None when the file already has that content, owner and mode.
+/// The current file is read without following a symlink or opening a FIFO.
 pub fn file_change(path: &Path, new: String, ownership: Ownership) -> Result<Option<FileChange>> {
-    let old = match fs::read_to_string(path) {
-        Ok(text) => Some(text),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
-    };
+    let old = read_text_capped(path, MAX_CONFIG_BYTES)?;
     if let Some(old_text) = &old {
-        let metadata = fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
-        let same_ownership = metadata.uid() == ownership.uid
-            && metadata.gid() == ownership.gid
-            && metadata.mode() & 0o7777 == ownership.mode;
-        if *old_text == new && same_ownership {
+        if *old_text == new && existing_ownership(path)? == ownership {
             return Ok(None);
         }
     }
     Ok(Some(FileChange { path: path.to_path_buf(), old, new, ownership }))
+}
+
+/// The current text of a configuration file pgha merges into (pg_hba.conf, postgresql.conf).
+pub fn read_config_text(path: &Path) -> Result<String> {
+    read_text_capped(path, MAX_CONFIG_BYTES)?
+        .with_context(|| format!("cannot read {}: it does not exist", path.display()))
 }
 
 /// The change a rendered configuration file needs: whole files owned by postgres (0644), the
@@ -128,8 +123,7 @@ pub fn rendered_file_change(file: RenderedFile) -> Result<Option<FileChange>> {
             file_change(&file.path, file.content, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o644 })
         }
         FileKind::HbaBlock => {
-            let current =
-                fs::read_to_string(&file.path).with_context(|| format!("cannot read {}", file.path.display()))?;
+            let current = read_config_text(&file.path)?;
             let merged = merge_block(&current, &file.content)
                 .map_err(|message| anyhow::anyhow!("{}: {message}", file.path.display()))?;
             file_change(&file.path, merged, existing_ownership(&file.path)?)
@@ -139,13 +133,16 @@ pub fn rendered_file_change(file: RenderedFile) -> Result<Option<FileChange>> {
 
 /// Owner and mode of an existing file, so a rewrite keeps what the admin or Debian chose.
 pub fn existing_ownership(path: &Path) -> Result<Ownership> {
-    let metadata = fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
-    Ok(Ownership { uid: metadata.uid(), gid: metadata.gid(), mode: metadata.mode() & 0o7777 })
+    let (dir, name) = open_parent(path)?;
+    let stat = dir.stat(&name)?.with_context(|| format!("cannot stat {}: it does not exist", path.display()))?;
+    Ok(Ownership { uid: stat.uid, gid: stat.gid, mode: stat.mode & 0o7777 })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::fs;
 
     #[test]
     fn unchanged_file_needs_no_step_and_changed_file_shows_a_diff() {

@@ -3,7 +3,6 @@
 //! data directory, start, wait for streaming. Every failure puts the host back as it was, and the
 //! error says so.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,12 +13,13 @@ use crate::debian::log_tail;
 use crate::files::apply::{write_atomic, Transaction};
 use crate::files::datadir::{dir_size, fresh_staging, remove_staging, swap_back, swap_in};
 use crate::files::plan::{rendered_file_change, Ownership};
+use crate::files::secure::read_text_capped;
 use crate::host::postgres_account;
 use crate::notify::notify_status;
 use crate::render::{render, standby_name, Facts, HotStandbySettings, Role};
 use crate::standby::preflight::PrimaryFacts;
 use crate::standby::slots::{drop_slot_if_created, prepare_slot, SlotPlan};
-use crate::standby::streaming::wait_for_streaming;
+use crate::standby::streaming::{confirm_standby, StandbyStarted};
 use crate::standby::StandbyContext;
 use crate::tools::pg_basebackup::{invoke_pg_basebackup, Basebackup};
 use crate::tools::pg_controldata::{self, RecordedSettings};
@@ -35,6 +35,8 @@ pub struct CloneReport {
     pub old_data_dir: Option<(PathBuf, u64)>,
     pub cloned_bytes: u64,
     pub elapsed: Duration,
+    /// False when the standby runs in recovery but did not stream within the timeout.
+    pub streaming: bool,
 }
 
 impl CloneReport {
@@ -138,6 +140,7 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
     let old = match swapped {
         Ok(old) => old,
         Err(error) => {
+            crate::signals::finish_from_here();
             let mut undo = transaction.rollback();
             if let Err(more) = undo_before_swap(context, &remote, &staging, created_slot, was_running) {
                 undo = Err(more);
@@ -150,26 +153,35 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.config.primary.address);
     let came_up = invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| {
         log::info!("cluster {} is up; waiting for it to stream", cluster.id());
-        wait_for_streaming(context, timeout)
+        confirm_standby(context, timeout)
     });
-    if let Err(error) = came_up {
-        eprintln!("{}", log_tail(cluster, 30));
-        let undo = undo_after_swap(context, &remote, old.as_deref(), transaction, created_slot, was_running);
-        return Err(failure(
-            error,
-            undo,
-            format!(
-                "the original data directory is back in {}{}",
-                cluster.data_dir.display(),
-                if was_running { " and runs as before" } else { "" }
-            ),
-        ));
-    }
+    let started_as = match came_up {
+        Ok(started_as) => started_as,
+        Err(error) => {
+            eprintln!("{}", log_tail(cluster, 30));
+            let undo = undo_after_swap(context, &remote, old.as_deref(), transaction, created_slot, was_running);
+            return Err(failure(
+                error,
+                undo,
+                format!(
+                    "the original data directory is back in {}{}",
+                    cluster.data_dir.display(),
+                    if was_running { " and runs as before" } else { "" }
+                ),
+            ));
+        }
+    };
+    transaction.commit();
     let old_data_dir = old.map(|path| {
         let size = dir_size(&path);
         (path, size)
     });
-    Ok(CloneReport { old_data_dir, cloned_bytes, elapsed: started.elapsed() })
+    Ok(CloneReport {
+        old_data_dir,
+        cloned_bytes,
+        elapsed: started.elapsed(),
+        streaming: started_as == StandbyStarted::Streaming,
+    })
 }
 
 fn failure(error: anyhow::Error, undo: Result<()>, restored: String) -> anyhow::Error {
@@ -276,7 +288,7 @@ pub fn configure_staging(context: &StandbyContext, staging: &Path) -> Result<()>
     )?;
     log::info!("wrote {} into staging", name.to_string_lossy());
     let auto_conf = staging.join("postgresql.auto.conf");
-    if let Ok(text) = fs::read_to_string(&auto_conf) {
+    if let Some(text) = read_text_capped(&auto_conf, 16 << 20)? {
         let (kept, removed) = strip_recovery_settings(&text);
         if !removed.is_empty() {
             log::info!("removing {} copied from the primary's postgresql.auto.conf", removed.join(", "));
@@ -333,6 +345,7 @@ fn undo_before_swap(
     created_slot: bool,
     was_running: bool,
 ) -> Result<()> {
+    crate::signals::finish_from_here();
     let mut problems = Vec::new();
     if let Err(error) = remove_staging(staging) {
         problems.push(format!("{error:#}"));
@@ -360,6 +373,7 @@ fn undo_after_swap(
     created_slot: bool,
     was_running: bool,
 ) -> Result<()> {
+    crate::signals::finish_from_here();
     let cluster = context.cluster;
     let _ = invoke_pg_ctlcluster(cluster, ClusterAction::StopImmediately);
     swap_back(&cluster.data_dir, old)?;

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 
 use crate::standby::clone::{clone_standby, CloneReport};
 use crate::standby::preflight::{identify_primary, preflight};
-use crate::standby::rewind::{rewind, rewind_obstacle};
+use crate::standby::rewind::{rewind, rewind_obstacle, Rewound};
 use crate::standby::slots::ensure_slot;
 use crate::standby::streaming::wait_streaming_from_primary;
 use crate::standby::StandbyContext;
@@ -25,7 +25,7 @@ pub struct RejoinOptions {
 
 pub enum Rejoined {
     AlreadyStreaming,
-    Rewound { fork_note: Option<String>, elapsed: Duration },
+    Rewound { rewound: Rewound, elapsed: Duration },
     Cloned { report: CloneReport, elapsed: Duration },
 }
 
@@ -56,7 +56,15 @@ pub fn rejoin(context: &StandbyContext, options: &RejoinOptions) -> Result<Rejoi
     };
     match why_not {
         None => match rewind(context, &primary, &passfile.path, options.timeout, options.keep_copy) {
-            Ok(fork_note) => return Ok(Rejoined::Rewound { fork_note, elapsed: started.elapsed() }),
+            Ok(rewound) => return Ok(Rejoined::Rewound { rewound, elapsed: started.elapsed() }),
+            Err(error) if error.chain().any(|cause| cause.is::<crate::signals::Interrupted>()) => {
+                return Err(error.context(format!(
+                    "rejoin stopped during the rewind: cluster {} is left stopped, and what its data directory \
+                     held before is kept beside it (.pgha-old-*, .pgha-fork-*); run `pgha rejoin` again, it \
+                     rewinds or clones from where this stopped",
+                    context.cluster.id()
+                )))
+            }
             Err(error) => log::warn!("pg_rewind did not work, falling back to a full clone: {error:#}"),
         },
         Some(reason) => log::info!("not using pg_rewind: {reason}; cloning in full"),

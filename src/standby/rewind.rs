@@ -19,11 +19,12 @@ use anyhow::{bail, Result};
 use crate::debian::{log_tail, Cluster};
 use crate::files::apply::Transaction;
 use crate::files::datadir::{add_note, copy_aside, save_fork};
+use crate::files::secure::read_text_capped;
 use crate::replication::Lsn;
 use crate::standby::clone::{configure_staging, write_config_files};
 use crate::standby::preflight::PrimaryFacts;
 use crate::standby::slots::drop_stale_slots;
-use crate::standby::streaming::wait_for_streaming;
+use crate::standby::streaming::{confirm_standby, StandbyStarted};
 use crate::standby::StandbyContext;
 use crate::tools::pg_controldata::{self, ControlData};
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
@@ -60,18 +61,20 @@ pub fn parse_rewind_obstacle(control: &ControlData) -> Option<String> {
     })
 }
 
-/// WAL segment files (24 hex digits) from the one holding `from` to the one holding `to`, on any timeline.
+/// WAL segment files (24 hex digits) from the one holding `from` to the one holding `to`, on any timeline;
+/// none for a segment size of 0, which no pg_control holds.
 pub fn segments_between(names: &[String], from: Lsn, to: Lsn, segment_bytes: u64) -> Vec<String> {
-    let per_xlogid = 0x1_0000_0000 / segment_bytes;
+    let Some(per_xlogid) = 0x1_0000_0000_u64.checked_div(segment_bytes) else { return Vec::new() };
     let (first, last) = (from.0 / segment_bytes, to.0 / segment_bytes);
+    let number = |name: &str| {
+        let high = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+        let low = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+        high.checked_mul(per_xlogid)?.checked_add(low)
+    };
     let mut chosen: Vec<String> = names
         .iter()
         .filter(|name| name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit()))
-        .filter(|name| {
-            let high = u64::from_str_radix(&name[8..16], 16).unwrap_or(0);
-            let low = u64::from_str_radix(&name[16..24], 16).unwrap_or(0);
-            (first..=last).contains(&(high * per_xlogid + low))
-        })
+        .filter(|name| number(name).is_some_and(|segment| (first..=last).contains(&segment)))
         .cloned()
         .collect();
     chosen.sort();
@@ -100,6 +103,8 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
     configure_staging(context, &cluster.data_dir)?;
     let mut transaction = Transaction::new();
     write_config_files(context, primary, &cluster.data_dir, &mut transaction)?;
+    // A standby's files stay whatever happens next: rejoin either finishes or clones, which rewrites them.
+    transaction.commit();
     invoke_pg_ctlcluster(cluster, ClusterAction::Start)
         .and_then(|()| wait_until_ready(&Target::local(cluster), Duration::from_secs(120)))
         .map_err(|error| {
@@ -113,7 +118,7 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
 /// A killed postmaster stays a zombie until its parent (init) reaps it, and PostgreSQL takes a
 /// zombie's PID in the socket lock file for a live server and refuses to start. Wait for the reaping.
 fn wait_for_dead_postmaster(data_dir: &Path) {
-    let Ok(pid_file) = fs::read_to_string(data_dir.join("postmaster.pid")) else { return };
+    let Ok(Some(pid_file)) = read_text_capped(&data_dir.join("postmaster.pid"), 4096) else { return };
     let Some(pid) = pid_file.lines().next().and_then(|line| line.trim().parse::<u32>().ok()) else { return };
     let mut said = false;
     let _ = poll_until(Duration::from_secs(30), Duration::from_millis(200), || {
@@ -135,15 +140,21 @@ pub fn parse_proc_state(stat: &str) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-/// pg_rewind into place, standby configuration, start, wait for streaming. Returns a note on the
-/// saved fork, if this host had written WAL the primary never received.
+/// What a rewind did: a note on the saved fork, if this host had written WAL the primary never
+/// received, and whether the standby streams yet.
+pub struct Rewound {
+    pub fork_note: Option<String>,
+    pub streaming: bool,
+}
+
+/// pg_rewind into place, standby configuration, start, wait for streaming.
 pub fn rewind(
     context: &StandbyContext,
     primary: &PrimaryFacts,
     passfile: &Path,
     timeout: Duration,
     keep_copy: bool,
-) -> Result<Option<String>> {
+) -> Result<Rewound> {
     let cluster = context.cluster;
     shut_down_cleanly(context, primary)?;
     let conninfo = primary_client_conninfo(context.config, passfile, primary.version, "postgres");
@@ -186,15 +197,17 @@ pub fn rewind(
     configure_staging(context, &cluster.data_dir)?;
     let mut transaction = Transaction::new();
     write_config_files(context, primary, &cluster.data_dir, &mut transaction)?;
+    // A standby's files stay whatever happens next: rejoin either finishes or clones, which rewrites them.
+    transaction.commit();
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.config.primary.address);
-    invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| wait_for_streaming(context, timeout)).map_err(
-        |error| {
+    let started_as = invoke_pg_ctlcluster(cluster, ClusterAction::Start)
+        .and_then(|()| confirm_standby(context, timeout))
+        .map_err(|error| {
             eprintln!("{}", log_tail(cluster, 20));
             error
-        },
-    )?;
+        })?;
     drop_stale_slots(context)?;
-    Ok(fork_note)
+    Ok(Rewound { fork_note, streaming: started_as == StandbyStarted::Streaming })
 }
 
 /// Copies this host's WAL from the divergence point to its end into `<datadir>.pgha-fork-<ts>`.

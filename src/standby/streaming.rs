@@ -11,7 +11,53 @@ use crate::tools::pg_lsclusters::is_online;
 use crate::tools::poll_until;
 use crate::tools::psql::{query, query_bool, Target};
 
-pub fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result<()> {
+/// How a new standby came up. It counts as done once it runs in recovery (the caller checked it
+/// holds the primary's system identifier): a standby that streams only later, after replaying the
+/// WAL written during a long clone, or after the network comes back, is reported, never undone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StandbyStarted {
+    Streaming,
+    NotStreamingYet,
+}
+
+/// The one rule for "the new standby works", for the clone and the rewind alike: it answers, in
+/// recovery (a server that came up writable is an error, and the caller undoes); then up to
+/// `timeout` for streaming, which is only reported.
+pub fn confirm_standby(context: &StandbyContext, timeout: Duration) -> Result<StandbyStarted> {
+    let local = Target::local(context.cluster);
+    let mut last_error = None;
+    let in_recovery = poll_until(Duration::from_secs(60), Duration::from_millis(250), || {
+        match query_bool(&local, "SELECT pg_is_in_recovery()") {
+            Ok(recovering) => Ok(Some(recovering)),
+            Err(error) => {
+                last_error = Some(error);
+                Ok(None)
+            }
+        }
+    })?;
+    match in_recovery {
+        Some(true) => {}
+        Some(false) => bail!("the new copy came up as a primary, not in recovery"),
+        None => {
+            let error = last_error.unwrap_or_else(|| anyhow::anyhow!("no answer"));
+            return Err(error.context(format!("cluster {} does not answer after it started", context.cluster.id())));
+        }
+    }
+    if wait_for_streaming(context, timeout)? {
+        Ok(StandbyStarted::Streaming)
+    } else {
+        log::warn!(
+            "the standby did not stream from {} within {}s (standby.streaming_timeout); it is kept: \
+             `pgha status` shows when it streams",
+            context.config.primary.address,
+            timeout.as_secs()
+        );
+        Ok(StandbyStarted::NotStreamingYet)
+    }
+}
+
+/// Whether the standby streams from the primary within `timeout`; an error if it is writable.
+pub fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result<bool> {
     notify_status("waiting for the standby to stream");
     let local = Target::local(context.cluster);
     let streaming = poll_until(timeout, Duration::from_millis(500), || {
@@ -20,15 +66,10 @@ pub fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result
         }
         Ok(wal_receiver_streaming(context).unwrap_or(false).then_some(()))
     })?;
-    if streaming.is_none() {
-        bail!(
-            "the standby did not stream from {} within {}s (standby.streaming_timeout)",
-            context.config.primary.address,
-            timeout.as_secs()
-        );
+    if streaming.is_some() {
+        log::info!("cluster {} streams from {}", context.cluster.id(), context.config.primary.address);
     }
-    log::info!("cluster {} streams from {}", context.cluster.id(), context.config.primary.address);
-    Ok(())
+    Ok(streaming.is_some())
 }
 
 fn wal_receiver_streaming(context: &StandbyContext) -> Result<bool> {

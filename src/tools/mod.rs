@@ -2,13 +2,15 @@
 //! its output into a typed value and is pure, tested on output saved from the real program.
 //! This module holds what they share: a scrubbed environment, running as postgres, and polling.
 
+use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::host::postgres_account;
+use crate::signals::{self, Tracked};
 
 pub mod pg_basebackup;
 pub mod pg_controldata;
@@ -42,9 +44,45 @@ pub fn root_command(program: &str) -> Command {
     command
 }
 
+/// Starts a child that a signal stops (see `signals`); none starts once a signal arrived.
+/// It runs in a process group of its own, so that a signal reaches what it started too (such as
+/// pg_basebackup's WAL-streaming child, which would otherwise outlive it and keep its pipes open).
+pub fn spawn_tracked(command: &mut Command, what: &str) -> Result<(Child, Tracked)> {
+    signals::check()?;
+    command.process_group(0);
+    let child = command.spawn().with_context(|| format!("cannot run {what}"))?;
+    let tracked = signals::track(child.id());
+    Ok((child, tracked))
+}
+
+/// Runs a tracked child to its end, feeding `stdin` if given. A child that failed because a
+/// signal stopped it fails with `signals::Interrupted` in the chain.
+pub fn output_tracked(command: &mut Command, what: &str, stdin: Option<&[u8]>) -> Result<Output> {
+    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let (mut child, _tracked) = spawn_tracked(command, what)?;
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().with_context(|| format!("{what}'s stdin is not a pipe"))?;
+        // A child that exits early closes the pipe; its exit status says why.
+        let _ = pipe.write_all(input);
+    }
+    let output = child.wait_with_output().with_context(|| format!("{what} did not finish"))?;
+    interrupted_if_killed(&output, what)?;
+    Ok(output)
+}
+
+/// The error for a child that ended unsuccessfully after a signal arrived.
+pub fn interrupted_if_killed(output: &Output, what: &str) -> Result<()> {
+    match signals::received() {
+        Some(signal) if !output.status.success() => Err(anyhow::Error::new(signals::Interrupted { signal })
+            .context(format!("{what} was stopped ({})", output.status))),
+        _ => Ok(()),
+    }
+}
+
 /// Output of a finished command, with stderr kept for error messages.
 pub fn run_checked(command: &mut Command, what: &str) -> Result<String> {
-    let output = command.output().with_context(|| format!("cannot run {what}"))?;
+    let output = output_tracked(command, what, None)?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         anyhow::bail!("{what} failed ({}): {}", output.status, stderr.trim());
@@ -62,6 +100,7 @@ pub fn poll_until<T>(
 ) -> Result<Option<T>> {
     let deadline = Instant::now() + timeout;
     loop {
+        signals::check()?;
         if let Some(value) = probe()? {
             return Ok(Some(value));
         }

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use anyhow::{bail, Context, Result};
 
 use crate::debian::Cluster;
-use crate::tools::postgres_command;
+use crate::tools::{postgres_command, spawn_tracked};
 
 /// One pg_basebackup `-P` progress line: "12345/67890 kB (18%), 0/1 tablespace (...)".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +30,8 @@ pub fn parse_basebackup_progress(line: &str) -> Option<Progress> {
     Some(Progress {
         done_kb: done.trim().parse().ok()?,
         total_kb: total.trim().parse().ok()?,
-        percent: percent.trim().parse().ok()?,
+        // pg_basebackup caps its own figure at 100; a larger one must not upset the callers' arithmetic.
+        percent: percent.trim().parse::<u32>().ok()?.min(100),
     })
 }
 
@@ -65,7 +66,8 @@ pub fn invoke_pg_basebackup(
         }
     }
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = command.spawn().context("cannot run pg_basebackup")?;
+    crate::lock::hold_in_child(&mut command);
+    let (mut child, _tracked) = spawn_tracked(&mut command, "pg_basebackup")?;
     let stderr = child.stderr.take().context("pg_basebackup's stderr is not a pipe")?;
     let mut tail: Vec<String> = Vec::new();
     let mut reader = BufReader::new(stderr);
@@ -92,6 +94,10 @@ pub fn invoke_pg_basebackup(
         }
     }
     let status = child.wait().context("pg_basebackup did not finish")?;
+    if let (Some(signal), false) = (crate::signals::received(), status.success()) {
+        return Err(anyhow::Error::new(crate::signals::Interrupted { signal })
+            .context(format!("pg_basebackup was stopped ({status})")));
+    }
     if !status.success() {
         bail!("pg_basebackup failed ({status}):\n{}", tail.join("\n"));
     }

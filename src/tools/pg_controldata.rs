@@ -62,6 +62,15 @@ pub fn parse_controldata(output: &str) -> Result<ControlData> {
         value.parse().with_context(|| format!("{key:?} is {value:?}, not a number"))
     };
     let lsn = |key: &str| fields.get(key).and_then(|value| value.parse::<Lsn>().ok());
+    // Segment arithmetic divides by this; PostgreSQL only makes powers of two from 1 MB to 1 GB.
+    let segment_bytes = match fields.get("Bytes per WAL segment") {
+        None => 16 << 20,
+        Some(value) => value
+            .parse::<u64>()
+            .ok()
+            .filter(|bytes| bytes.is_power_of_two() && (1 << 20..=1 << 30).contains(bytes))
+            .with_context(|| format!("\"Bytes per WAL segment\" is {value:?}, not a WAL segment size"))?,
+    };
     Ok(ControlData {
         system_identifier: text("Database system identifier")?.to_string(),
         state: text("Database cluster state")?.to_string(),
@@ -77,7 +86,7 @@ pub fn parse_controldata(output: &str) -> Result<ControlData> {
         },
         wal_log_hints: fields.get("wal_log_hints setting") == Some(&"on"),
         checksums: fields.get("Data page checksum version").is_some_and(|version| *version != "0"),
-        segment_bytes: fields.get("Bytes per WAL segment").and_then(|value| value.parse().ok()).unwrap_or(16 << 20),
+        segment_bytes,
     })
 }
 

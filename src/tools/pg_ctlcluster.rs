@@ -3,8 +3,11 @@
 
 use anyhow::Result;
 
+use anyhow::{bail, Context};
+
 use crate::debian::Cluster;
-use crate::tools::{root_command, run_checked};
+use crate::signals;
+use crate::tools::root_command;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterAction {
@@ -45,6 +48,12 @@ pub fn invoke_pg_ctlcluster(cluster: &Cluster, action: ClusterAction) -> Result<
         command.args(["-m", mode]);
     }
     command.arg(cluster.version.to_string()).arg(&cluster.name).arg(action.as_str());
-    run_checked(&mut command, &format!("pg_ctlcluster {} {} {}", cluster.version, cluster.name, action.as_str()))
-        .map(|_| ())
+    let what = format!("pg_ctlcluster {} {} {}", cluster.version, cluster.name, action.as_str());
+    // Not stopped by a signal: a server half started or half stopped is worse than either.
+    signals::check()?;
+    let output = command.output().with_context(|| format!("cannot run {what}"))?;
+    if !output.status.success() {
+        bail!("{what} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
 }

@@ -1,12 +1,10 @@
 //! pg_rewind: what it plans (its dry run) and the rewind itself.
 
-use std::process::Stdio;
-
 use anyhow::{bail, Context, Result};
 
 use crate::debian::Cluster;
 use crate::replication::Lsn;
-use crate::tools::postgres_command;
+use crate::tools::{output_tracked, postgres_command};
 
 /// What pg_rewind's dry run reported.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,14 +42,14 @@ pub fn invoke_pg_rewind(cluster: &Cluster, source_conninfo: &str, dry_run: bool)
     let mut command = postgres_command(&cluster.bin("pg_rewind"))?;
     command
         .arg(format!("--target-pgdata={}", cluster.data_dir.display()))
-        .arg(format!("--source-server={source_conninfo}"))
-        .stdin(Stdio::null());
+        .arg(format!("--source-server={source_conninfo}"));
+    crate::lock::hold_in_child(&mut command);
     if dry_run {
         command.arg("--dry-run");
     } else {
         command.arg("--progress");
     }
-    let output = command.output().context("cannot run pg_rewind")?;
+    let output = output_tracked(&mut command, "pg_rewind", None)?;
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     if !output.status.success() {
         bail!("pg_rewind{} failed ({}):\n{}", if dry_run { " --dry-run" } else { "" }, output.status, text.trim());

@@ -3,16 +3,14 @@
 //!
 //! SQL travels on psql's stdin, never in argv, so nothing pgha sends shows in `ps`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::debian::Cluster;
 use crate::quote::conninfo_quote;
-use crate::tools::{poll_until, postgres_command};
+use crate::tools::{output_tracked, poll_until, postgres_command};
 
 const FIELD_SEPARATOR: char = '\u{1f}';
 const RECORD_SEPARATOR: char = '\u{1e}';
@@ -74,13 +72,8 @@ pub fn invoke_psql(target: &Target, sql: &str) -> Result<String> {
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
         .arg(format!("--field-separator={FIELD_SEPARATOR}"))
         .arg(format!("--record-separator={RECORD_SEPARATOR}"))
-        .arg(format!("--dbname={}", target.conninfo()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().context("cannot run psql")?;
-    child.stdin.take().expect("stdin is piped").write_all(sql.as_bytes()).context("cannot send SQL to psql")?;
-    let output = child.wait_with_output().context("psql did not finish")?;
+        .arg(format!("--dbname={}", target.conninfo()));
+    let output = output_tracked(&mut command, "psql", Some(sql.as_bytes()))?;
     if !output.status.success() {
         bail!("psql: {}", String::from_utf8_lossy(&output.stderr).trim());
     }

@@ -46,6 +46,21 @@ fn config_errors_name_file_key_and_value() {
             VALID.replace("[replication]", "[replication]\nuser = \"all\""),
             &["replication.user", "\"all\""],
         ),
+        (
+            "user outside the whitelist",
+            VALID.replace("[replication]", "[replication]\nuser = \"rép'l$;x:1\""),
+            &["replication.user", "rép'l$;x:1", "expected 1 to 63 bytes"],
+        ),
+        (
+            "user read as a regular expression",
+            VALID.replace("[replication]", "[replication]\nuser = \"/.*\""),
+            &["replication.user", "\"/.*\"", "regular expression"],
+        ),
+        (
+            "control character in a path",
+            VALID.to_string() + "[archive]\ndirectory = \"/srv/wal\\narchive\"\n",
+            &["archive.directory", "control character"],
+        ),
         ("bad keep", VALID.to_string() + "[archive]\nkeep = \"forever\"\n", &["archive.keep", "forever"]),
     ];
     for (name, body, needles) in cases {
@@ -119,12 +134,16 @@ fn cluster_selection_errors_are_config_errors() {
 
 #[test]
 fn prune_archive_deletes_only_old_wal_and_is_idempotent() {
+    if !require_root_and_postgres() {
+        return;
+    }
     let archive = tempfile::tempdir().unwrap();
     let dir = archive.path().display().to_string();
     let config = TestConfig::new(&format!("{VALID}[archive]\ndirectory = \"{dir}\"\nkeep = \"2d\"\n"), "pw");
+    // As `pgha primary` leaves it: the archive belongs to postgres, and prune-archive deletes as postgres.
     sh(&format!(
         "cd {dir} && touch -d '3 days ago' 000000010000000000000001 000000010000000000000002.partial 00000002.history notes.txt \
-         && touch 000000010000000000000003"
+         && touch 000000010000000000000003 && chown -R postgres:postgres {dir}"
     ));
     let out = run_with(&config, &["prune-archive", "--dry-run"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -140,6 +159,30 @@ fn prune_archive_deletes_only_old_wal_and_is_idempotent() {
 
     let out = run_with(&config, &["prune-archive"]);
     assert!(out.stdout.contains("no changes"), "{}", out.stdout);
+}
+
+/// Run as root, prune-archive deletes as postgres: an archive postgres cannot read is an error
+/// and root's old WAL-named file in it stays. A huge keep deletes nothing and does not crash.
+#[test]
+fn prune_archive_gives_up_root_and_survives_a_huge_keep() {
+    if !require_root_and_postgres() {
+        return;
+    }
+    let archive = tempfile::tempdir().unwrap();
+    let dir = archive.path().display().to_string();
+    sh(&format!("chmod 700 {dir} && touch -d '3 days ago' {dir}/000000010000000000000001"));
+    let config = TestConfig::new(&format!("{VALID}[archive]\ndirectory = \"{dir}\"\nkeep = \"2d\"\n"), "pw");
+    let out = run_with(&config, &["prune-archive"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("cannot list") && out.stderr.contains("postgres"), "{}", out.stderr);
+    assert!(archive.path().join("000000010000000000000001").exists(), "root's file was deleted");
+
+    sh(&format!("chown postgres:postgres {dir}"));
+    let huge = TestConfig::new(&format!("{VALID}[archive]\ndirectory = \"{dir}\"\nkeep = \"1000000000y\"\n"), "pw");
+    let out = run_with(&huge, &["prune-archive"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("no changes"), "{}", out.stdout);
+    assert!(archive.path().join("000000010000000000000001").exists());
 }
 
 #[test]

@@ -11,4 +11,5 @@ mod primary;
 mod secrets;
 mod standby;
 mod tls;
+mod trust;
 mod versions;

@@ -12,8 +12,9 @@ use crate::common::{
 
 /// Every character class the issue names: quotes, backslash, dollar, semicolon, space, unicode.
 const AWKWARD_PASSWORD: &str = "it's \"q\" \\ $HOME; ünï cødé";
-/// A role name needing SQL and conninfo quoting, with a passfile separator in it.
-const AWKWARD_USER: &str = "rép'l$;x:1";
+/// A role name needing SQL identifier quoting (upper case, '.', '$', '-', '@'), within the names pgha
+/// accepts; names with quotes, ':' or non-ASCII letters are refused (cli::config_errors_name_file_key_and_value).
+const AWKWARD_USER: &str = "Repl.x$-1@b";
 
 struct Primary {
     hosts: HostPair,

@@ -1,0 +1,107 @@
+//! SIGTERM, SIGINT and SIGHUP during a run (`systemctl stop`, a unit's timeout, Ctrl-C): the
+//! children pgha is waiting on (psql, pg_basebackup, pg_rewind) are stopped, no new one starts,
+//! and the run fails through the same undo as any other failure, then exits non-zero.
+//!
+//! Two moments change that: while an undo runs, it must finish, so children start again; and
+//! once a step that cannot be undone has begun (a promote the server has started), the run goes
+//! on to the end and only reports the signal.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Mutex;
+
+use anyhow::Result;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+static FINISHING: AtomicBool = AtomicBool::new(false);
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// The error a run fails with once a signal arrived.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+}
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "interrupted by {}", signal_name(self.signal))
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+fn signal_name(signal: i32) -> String {
+    match signal {
+        SIGTERM => "SIGTERM".into(),
+        SIGINT => "SIGINT".into(),
+        SIGHUP => "SIGHUP".into(),
+        other => format!("signal {other}"),
+    }
+}
+
+/// Starts the thread that receives the signals. Called once, before any work.
+pub fn install() -> Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            if RECEIVED.swap(signal, Ordering::SeqCst) == 0 {
+                log::warn!("{}: stopping the current step and putting the host back", signal_name(signal));
+            }
+            if !FINISHING.load(Ordering::SeqCst) {
+                stop_children();
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn stop_children() {
+    let children = CHILDREN.lock().map(|list| list.clone()).unwrap_or_default();
+    // Each child leads its own process group (tools::spawn_tracked): the group goes.
+    for pid in children {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+/// The signal received, if any.
+pub fn received() -> Option<i32> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
+
+/// Fails once a signal arrived, unless the run is finishing (an undo, or a step past its point of
+/// no return). Called before each child starts and in every wait.
+pub fn check() -> Result<()> {
+    match received() {
+        Some(signal) if !FINISHING.load(Ordering::SeqCst) => Err(Interrupted { signal }.into()),
+        _ => Ok(()),
+    }
+}
+
+/// From here on the run finishes: an undo, or a step that cannot be taken back. Children run and
+/// waits go on whatever signal arrives; the signal is still reported at the end.
+pub fn finish_from_here() {
+    FINISHING.store(true, Ordering::SeqCst);
+}
+
+/// Remembers a running child so a signal can stop it. Dropping the guard forgets it.
+pub struct Tracked(u32);
+
+pub fn track(pid: u32) -> Tracked {
+    if let Ok(mut list) = CHILDREN.lock() {
+        list.push(pid);
+    }
+    Tracked(pid)
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Ok(mut list) = CHILDREN.lock() {
+            list.retain(|pid| *pid != self.0);
+        }
+    }
+}
