@@ -20,6 +20,7 @@ use crate::quote::{sql_identifier, sql_literal};
 use crate::render::{conf_fragment_path, render, Facts, Role};
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
 use crate::tools::psql::{parse_bool, query, query_bool, query_value, wait_until_ready, Target};
+use crate::version::PgVersion;
 
 /// What `pgha primary` would change on this host, and how to reach its server.
 pub struct PrimaryPlan {
@@ -46,7 +47,6 @@ pub fn prepare(config: &Config, cluster: &Cluster, password: &Password) -> Resul
         data_dir: cluster.data_dir.clone(),
         own_address: config.primary.address,
         local_ssl: ssl,
-        primary_ssl: ssl,
         primary_settings: None,
     };
     let plan = plan(config, cluster, &facts, &target, password)?;
@@ -181,9 +181,31 @@ fn role_step(config: &Config, cluster: &Cluster, target: &Target, password: &Pas
         statement.push_str(&grant);
         shown.push_str(&grant.replace('\n', " "));
     }
-    // Keep even the verifier out of the server log, whatever log_statement the admin chose.
-    let sql = format!("SET log_statement = 'none';\nSET log_min_duration_statement = -1;\n{statement};\n");
+    let sql = format!("{}{statement};\n", quiet_session(cluster.version));
     Ok(Some(Step::Sql { shown, sql }))
+}
+
+/// Session settings that keep the role statement, verifier and all, out of the server log and
+/// out of pg_stat_statements, whatever the admin chose: log_statement and
+/// log_min_duration_statement log a statement that runs, log_min_error_statement one that fails
+/// (a role created meanwhile, a read-only session, a password check hook), and the sampling
+/// settings log statements by chance. pg_stat_statements keeps the text of utility statements
+/// and shows it to pg_monitor, which the replication role itself is given.
+fn quiet_session(version: PgVersion) -> String {
+    let mut settings = vec![
+        "log_statement = 'none'",
+        "log_min_duration_statement = -1",
+        "log_min_error_statement = panic",
+        // A placeholder when the module is not loaded: accepted, and harmless.
+        "pg_stat_statements.track_utility = off",
+    ];
+    if version >= PgVersion::new(12, 0) {
+        settings.push("log_transaction_sample_rate = 0");
+    }
+    if version >= PgVersion::new(13, 0) {
+        settings.push("log_min_duration_sample = -1");
+    }
+    settings.iter().map(|setting| format!("SET {setting};\n")).collect()
 }
 
 /// From 11, pg_rewind can use a non-superuser source connection given these functions; granting

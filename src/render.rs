@@ -47,8 +47,6 @@ pub struct Facts {
     pub own_address: IpAddr,
     /// `ssl` on the local server: decides hostssl or host in pg_hba.conf.
     pub local_ssl: bool,
-    /// `ssl` on the primary: decides sslmode when replication.sslmode is auto.
-    pub primary_ssl: bool,
     pub primary_settings: Option<HotStandbySettings>,
 }
 
@@ -61,7 +59,6 @@ impl Facts {
             data_dir: PathBuf::from(format!("/var/lib/postgresql/{version}/{cluster_name}")),
             own_address,
             local_ssl: true,
-            primary_ssl: true,
             primary_settings: None,
         }
     }
@@ -150,8 +147,13 @@ pub fn primary_conninfo(config: &Config, facts: &Facts) -> String {
         format!("user={}", conninfo_quote(&config.replication.user)),
         format!("passfile={}", conninfo_quote(&config.replication.passfile.display().to_string())),
         format!("application_name={}", standby_name(facts.own_address)),
-        format!("sslmode={}", config.replication.sslmode.resolve(facts.primary_ssl)),
     ];
+    // The wal receiver uses the server's own libpq, which knows channel_binding from 13; the
+    // primary, of the same major version, then offers it with the SCRAM login pgha sets up.
+    let channel_binding = facts.version >= PgVersion::new(13, 0);
+    for (keyword, value) in config.replication.tls_keywords(channel_binding) {
+        parts.push(format!("{keyword}={}", conninfo_quote(&value)));
+    }
     // Without it a standby whose primary vanished hangs in connect for the kernel's TCP timeout.
     parts.push("connect_timeout=10".into());
     parts.join(" ")

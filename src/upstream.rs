@@ -14,6 +14,7 @@ use crate::host::postgres_account;
 use crate::password::passfile_line;
 use crate::quote::conninfo_quote;
 use crate::tools::psql::{classify_failure, ConnectionFailure, Target};
+use crate::version::PgVersion;
 
 /// How pgha's own connections notice a primary that vanished (link down, host powered off)
 /// instead of waiting for the kernel's TCP timeout of many minutes: keepalives after 5 s of
@@ -23,34 +24,48 @@ const DEAD_PEER_DETECTION: &str =
     "keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3 tcp_user_timeout=15000";
 
 /// A conninfo for the primary: the password comes from `passfile`, never from the string.
-pub fn primary_client_conninfo(config: &Config, passfile: &Path, sslmode: &str, dbname: &str) -> String {
-    format!(
-        "host={} port={} user={} dbname={} passfile={} sslmode={sslmode} connect_timeout=10 {DEAD_PEER_DETECTION}",
-        conninfo_quote(&config.primary.address.to_string()),
-        config.primary.port,
-        conninfo_quote(&config.replication.user),
-        conninfo_quote(dbname),
-        conninfo_quote(&passfile.display().to_string()),
-    )
-}
-
-/// sslmode before the primary's `ssl` is known: what the admin chose, or `prefer` for auto.
-pub fn preflight_sslmode(config: &Config) -> &'static str {
-    match config.replication.sslmode {
-        SslMode::Auto => "prefer",
-        other => other.as_str(),
+/// `server` is the primary's major version (preflight refuses any other than the local
+/// cluster's): it decides whether the login can be bound to the TLS session.
+pub fn primary_client_conninfo(config: &Config, passfile: &Path, server: PgVersion, dbname: &str) -> String {
+    let mut parts = vec![
+        format!("host={}", conninfo_quote(&config.primary.address.to_string())),
+        format!("port={}", config.primary.port),
+        format!("user={}", conninfo_quote(&config.replication.user)),
+        format!("dbname={}", conninfo_quote(dbname)),
+        format!("passfile={}", conninfo_quote(&passfile.display().to_string())),
+    ];
+    // pgha's psql, pg_basebackup and pg_rewind link a libpq of 13 or later, which knows
+    // channel_binding; the server offers it from 11, with SCRAM (pgha stores SCRAM from 10).
+    let channel_binding = server >= PgVersion::new(11, 0);
+    for (keyword, value) in config.replication.tls_keywords(channel_binding) {
+        parts.push(format!("{keyword}={}", conninfo_quote(&value)));
     }
+    parts.push("connect_timeout=10".into());
+    parts.push(DEAD_PEER_DETECTION.into());
+    parts.join(" ")
 }
 
 /// An SQL connection to the primary's postgres database.
-pub fn sql_target(config: &Config, passfile: &Path, sslmode: &str) -> Target {
-    Target::Remote { conninfo: primary_client_conninfo(config, passfile, sslmode, "postgres") }
+pub fn sql_target(config: &Config, passfile: &Path, server: PgVersion) -> Target {
+    Target::Remote { conninfo: primary_client_conninfo(config, passfile, server, "postgres") }
 }
 
 /// A physical replication connection to the primary (IDENTIFY_SYSTEM and the like).
-pub fn replication_target(config: &Config, passfile: &Path, sslmode: &str) -> Target {
-    let conninfo = primary_client_conninfo(config, passfile, sslmode, "replication");
+pub fn replication_target(config: &Config, passfile: &Path, server: PgVersion) -> Target {
+    let conninfo = primary_client_conninfo(config, passfile, server, "replication");
     Target::Remote { conninfo: format!("{conninfo} replication=true") }
+}
+
+/// Says so when the admin turned TLS off although the primary offers it: the choice stands,
+/// but it should be a known one.
+pub fn warn_if_unencrypted(config: &Config, primary_ssl: bool) {
+    if config.replication.sslmode == SslMode::Disable && primary_ssl {
+        log::warn!(
+            "replication.sslmode = \"disable\": the primary {} has ssl on, yet WAL and the replication login \
+             cross the network unencrypted",
+            config.primary.address
+        );
+    }
 }
 
 /// The libpq passfile pgha's standbys use: one line per node address, any database, so it keeps
@@ -148,6 +163,9 @@ pub fn login_failure(
     let text = format!("{error:#}");
     let user = &config.replication.user;
     let primary = config.primary.address;
+    if let Some(hint) = tls_failure(config, &text) {
+        return anyhow!("preflight: {what}: {hint}\n({})", text.trim());
+    }
     let hint = match classify_failure(&text) {
         ConnectionFailure::PasswordRejected => format!(
             "the primary rejects the password of {user:?}: the password in {} differs from the one `pgha primary` set on {primary}",
@@ -160,4 +178,86 @@ pub fn login_failure(
         _ => format!("cannot log in to the primary {primary} as {user:?}"),
     };
     anyhow!("preflight: {what}: {hint}\n({})", text.trim())
+}
+
+/// libpq's own words when TLS or channel binding stopped the login, explained with the key the
+/// admin can change. None when the failure is about something else.
+fn tls_failure(config: &Config, text: &str) -> Option<String> {
+    let primary = config.primary.address;
+    let sslmode = config.replication.sslmode.as_str();
+    let ca = match &config.replication.sslrootcert {
+        Some(file) => format!("the CA in replication.sslrootcert ({})", file.display()),
+        None => "libpq's default CA file, ~postgres/.postgresql/root.crt (replication.sslrootcert is not set)".into(),
+    };
+    if text.contains("server does not support SSL") {
+        Some(format!(
+            "the primary {primary} refuses TLS, and replication.sslmode = {sslmode:?} requires it: turn ssl on \
+             there (Debian's default), or set replication.sslmode = \"disable\" in {} to replicate unencrypted. \
+             If the primary has ssl on, something between the hosts answered in its place",
+            config.path.display()
+        ))
+    } else if text.contains("does not match host name") {
+        Some(format!(
+            "the primary's certificate is not made out to {primary}, and replication.sslmode = {sslmode:?} checks \
+             the name: give the primary a certificate whose subjectAltName holds IP:{primary}, or use \
+             \"verify-ca\". Or something between the hosts answered in its place"
+        ))
+    } else if text.contains("certificate verify failed") {
+        Some(format!(
+            "the primary's certificate is not signed by {ca} (replication.sslmode = {sslmode:?}): \
+             name the CA that signed ssl_cert_file on {primary}, or something between the hosts answered in its place"
+        ))
+    } else if text.contains("root certificate file") {
+        Some(format!(
+            "replication.sslmode = {sslmode:?} needs a CA, and the postgres account cannot read {ca}: make it \
+             readable by postgres (a CA certificate is public, mode 0644)"
+        ))
+    } else if text.contains("channel binding") {
+        Some(format!(
+            "the primary {primary} did not bind the login to the TLS session (SCRAM channel binding, which pgha \
+             requires from PostgreSQL 11 on): it runs an older PostgreSQL than this host (a standby needs the same \
+             major version), it does not ask for a SCRAM password for this role (run `pgha primary` there), or \
+             something between the hosts answered in its place"
+        ))
+    } else if text.contains("no encryption") && config.replication.sslmode == SslMode::Disable {
+        Some(format!(
+            "replication.sslmode = \"disable\", but the primary {primary} only accepts this role over TLS \
+             (hostssl in pg_hba.conf): remove the sslmode line, or run `pgha primary` there after turning ssl off"
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!("[primary]\naddress = \"192.0.2.10\"\n[standby]\naddresses = [\"192.0.2.11\"]\n{extra}");
+        Config::parse(Path::new("/etc/pgha/pgha.conf"), &text).unwrap()
+    }
+
+    #[test]
+    fn auto_connects_with_tls_required_and_binds_the_login_from_11() {
+        let config = config("");
+        let passfile = Path::new("/var/lib/postgresql/.pgha.pgpass");
+        let v15 = primary_client_conninfo(&config, passfile, PgVersion::new(15, 0), "postgres");
+        assert!(v15.contains(" sslmode=require channel_binding=require "), "{v15}");
+        assert!(!v15.contains("prefer"), "{v15}");
+        let v10 = primary_client_conninfo(&config, passfile, PgVersion::new(10, 0), "postgres");
+        assert!(v10.contains(" sslmode=require ") && !v10.contains("channel_binding"), "{v10}");
+    }
+
+    #[test]
+    fn tls_failures_name_the_key_to_change() {
+        let config = config("");
+        let refused = tls_failure(&config, "psql: error: server does not support SSL, but SSL was required").unwrap();
+        assert!(refused.contains("replication.sslmode = \"disable\"") && refused.contains("192.0.2.10"), "{refused}");
+        let unknown_ca = tls_failure(&config, "SSL error: certificate verify failed").unwrap();
+        assert!(unknown_ca.contains("replication.sslrootcert"), "{unknown_ca}");
+        let name = tls_failure(&config, "server certificate for \"db\" does not match host name \"192.0.2.10\"");
+        assert!(name.unwrap().contains("subjectAltName"));
+        assert!(tls_failure(&config, "password authentication failed for user").is_none());
+    }
 }

@@ -24,7 +24,8 @@ use crate::standby::slots::ensure_slot;
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
 use crate::tools::poll_until;
 use crate::tools::psql::{classify_failure, query, query_bool, query_value, Target};
-use crate::upstream::{preflight_sslmode, sql_target};
+use crate::upstream::sql_target;
+use crate::version::PgVersion;
 
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -80,7 +81,7 @@ impl PromoteArgs {
                 .into());
             }
             if !self.force {
-                refuse_if_primary_alive(config, &target)?;
+                refuse_if_primary_alive(config, cluster.version, &target)?;
             }
             // From the moment the server is asked to promote there is no way back: a signal from here
             // on lets the promote and the steps after it finish, and is only reported.
@@ -121,7 +122,7 @@ impl PromoteArgs {
 
 /// The guard against two writable primaries: our own WAL receiver streaming proves the primary is
 /// up; otherwise ask it directly. Only "nobody answers" lets the promote go ahead.
-fn refuse_if_primary_alive(config: &Config, local: &Target) -> Result<()> {
+fn refuse_if_primary_alive(config: &Config, version: PgVersion, local: &Target) -> Result<()> {
     let primary = format!("{}:{}", config.primary.address, config.primary.port);
     let consequence = "promoting now would make two primaries that both accept writes: clients still \
                        connected to it would write data this host never receives, and the two copies would fork";
@@ -134,8 +135,7 @@ fn refuse_if_primary_alive(config: &Config, local: &Target) -> Result<()> {
         bail!("refusing to promote: this standby is streaming from the configured primary {primary} right now, so it is up; {consequence}; {advice}");
     }
     // A primary that is gone often does not even refuse the connection: keep the wait short.
-    let Target::Remote { conninfo } = sql_target(config, &config.replication.passfile, preflight_sslmode(config))
-    else {
+    let Target::Remote { conninfo } = sql_target(config, &config.replication.passfile, version) else {
         unreachable!("sql_target is a remote target")
     };
     let remote = Target::Remote { conninfo: format!("{conninfo} connect_timeout=3") };

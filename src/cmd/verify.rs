@@ -16,7 +16,7 @@ use crate::render::standby_name;
 use crate::replication::{parse_snapshot, parse_verify_output, snapshot_sql, verify_sql, Lsn};
 use crate::tools::poll_until;
 use crate::tools::psql::{parse_bool, query, query_value, Target};
-use crate::upstream::{preflight_sslmode, sql_target};
+use crate::upstream::sql_target;
 use crate::version::PgVersion;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -125,7 +125,9 @@ pub fn primary_target(config_path: &Path, config: &Config) -> Result<(Target, St
             config.replication.passfile.display()
         );
     }
-    let target = sql_target(config, &config.replication.passfile, preflight_sslmode(config));
+    // The local cluster's version is the primary's: it decides whether the login is bound to TLS.
+    let version = Node::for_config(config.clone())?.cluster.version;
+    let target = sql_target(config, &config.replication.passfile, version);
     // Fail early with a clear message instead of at the first real query.
     query_value(&target, "SELECT 1")
         .with_context(|| format!("cannot connect to the primary {primary}:{}", config.primary.port))?;

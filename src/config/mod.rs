@@ -106,6 +106,7 @@ pub struct RawReplication {
     pub slots: Option<bool>,
     pub connection_limit: Option<i64>,
     pub sslmode: Option<String>,
+    pub sslrootcert: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,7 +142,9 @@ pub struct Standby {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
-    /// `require` when the primary has ssl on, `disable` otherwise.
+    /// `require`, for preflight and streaming alike. Never `prefer`: whoever sits between the
+    /// hosts could answer "no TLS" and have pgha record `disable`. A primary without ssl needs
+    /// an explicit `disable`.
     Auto,
     Disable,
     Require,
@@ -160,11 +163,10 @@ impl SslMode {
         }
     }
 
-    /// The libpq sslmode for a primary whose `ssl` setting is `server_ssl`.
-    pub fn resolve(self, server_ssl: bool) -> &'static str {
+    /// The libpq sslmode: what the admin chose, `require` for auto.
+    pub fn libpq(self) -> &'static str {
         match self {
-            SslMode::Auto if server_ssl => "require",
-            SslMode::Auto => "disable",
+            SslMode::Auto => "require",
             other => other.as_str(),
         }
     }
@@ -178,6 +180,27 @@ pub struct Replication {
     pub slots: bool,
     pub connection_limit: u32,
     pub sslmode: SslMode,
+    /// The CA that signed the primary's certificate; None leaves libpq's default
+    /// (~postgres/.postgresql/root.crt, used only when it exists).
+    pub sslrootcert: Option<PathBuf>,
+}
+
+impl Replication {
+    /// libpq's TLS keywords for a connection to the primary, unquoted. `channel_binding` says
+    /// whether the libpq making the connection and the server both do SCRAM channel binding;
+    /// requiring it then ties the login to the TLS session, so a man in the middle holding
+    /// its own certificate cannot relay pgha's login even where the certificate is not checked.
+    pub fn tls_keywords(&self, channel_binding: bool) -> Vec<(&'static str, String)> {
+        let mut keywords = vec![("sslmode", self.sslmode.libpq().to_string())];
+        if let Some(ca) = &self.sslrootcert {
+            keywords.push(("sslrootcert", ca.display().to_string()));
+        }
+        // Without TLS there is no channel to bind to, and libpq would refuse every login.
+        if channel_binding && self.sslmode != SslMode::Disable {
+            keywords.push(("channel_binding", "require".to_string()));
+        }
+        keywords
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -295,7 +318,17 @@ impl Config {
                 .map_err(|message| bad("replication.connection_limit", message))?,
             sslmode: parse_sslmode(raw_replication.sslmode.as_deref().unwrap_or(DEFAULTS.sslmode))
                 .map_err(|message| bad("replication.sslmode", message))?,
+            sslrootcert: match raw_replication.sslrootcert {
+                None => None,
+                Some(file) => Some(check_sslrootcert(file).map_err(|message| bad("replication.sslrootcert", message))?),
+            },
         };
+        if replication.sslmode == SslMode::Disable && replication.sslrootcert.is_some() {
+            return Err(bad(
+                "replication.sslrootcert",
+                "is set, but replication.sslmode = \"disable\" turns TLS off: remove one of the two".into(),
+            ));
+        }
 
         let raw_archive = raw.archive.unwrap_or_default();
         let archive = Archive {
@@ -322,6 +355,19 @@ impl Config {
     pub fn read_password(&self) -> Result<Password, ConfigError> {
         read_password_file(&self.path, &self.replication.password_file)
     }
+}
+
+/// The CA file must be there when the config is read: otherwise the first sign of a typo would
+/// be a clone failing on the primary's certificate, or a standby that no longer reconnects.
+fn check_sslrootcert(file: PathBuf) -> Result<PathBuf, String> {
+    let file = absolute(file)?;
+    let shown = file.display();
+    let metadata = fs::metadata(&file).map_err(|error| format!("{shown}: cannot read it: {error}"))?;
+    if !metadata.is_file() {
+        return Err(format!("{shown} is not a regular file: expected the CA certificate (PEM) of the primary"));
+    }
+    fs::File::open(&file).map_err(|error| format!("{shown}: cannot read it: {error}"))?;
+    Ok(file)
 }
 
 /// The replication password. Debug never prints it, so it cannot leak through `{:?}` in a log.
@@ -419,6 +465,52 @@ mod tests {
     }
 
     #[test]
+    fn auto_means_require_whatever_the_primary_says() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.replication.sslmode, SslMode::Auto);
+        assert_eq!(SslMode::Auto.libpq(), "require");
+        let keywords = config.replication.tls_keywords(true);
+        assert_eq!(keywords, [("sslmode", "require".to_string()), ("channel_binding", "require".to_string())]);
+        assert_eq!(config.replication.tls_keywords(false), [("sslmode", "require".to_string())]);
+    }
+
+    #[test]
+    fn no_channel_binding_without_tls() {
+        let config = parse(&format!("{MINIMAL}[replication]\nsslmode = \"disable\"\n")).unwrap();
+        assert_eq!(config.replication.tls_keywords(true), [("sslmode", "disable".to_string())]);
+    }
+
+    #[test]
+    fn sslrootcert_must_be_an_absolute_readable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let with = |mode: &str, file: &str| {
+            parse(&format!("{MINIMAL}[replication]\nsslmode = \"{mode}\"\nsslrootcert = \"{file}\"\n"))
+        };
+        let config = with("verify-full", ca.to_str().unwrap()).unwrap();
+        assert_eq!(config.replication.sslrootcert.as_deref(), Some(ca.as_path()));
+        assert_eq!(
+            config.replication.tls_keywords(true),
+            [
+                ("sslmode", "verify-full".to_string()),
+                ("sslrootcert", ca.display().to_string()),
+                ("channel_binding", "require".to_string())
+            ]
+        );
+        let missing = dir.path().join("missing.crt");
+        for (mode, file, expected) in [
+            ("verify-full", "ca.crt", "absolute path"),
+            ("verify-full", missing.to_str().unwrap(), "cannot read it"),
+            ("verify-ca", dir.path().to_str().unwrap(), "not a regular file"),
+            ("disable", ca.to_str().unwrap(), "sslmode = \"disable\""),
+        ] {
+            let text = with(mode, file).unwrap_err().to_string();
+            assert!(text.contains("replication.sslrootcert") && text.contains(expected), "{file}: {text}");
+        }
+    }
+
+    #[test]
     fn control_characters_and_endless_waits_are_refused() {
         for (key, line) in [
             ("replication.password_file", "[replication]\npassword_file = \"/etc/pgha/pw\\nx\""),
@@ -426,6 +518,7 @@ mod tests {
             ("archive.directory", "[archive]\ndirectory = \"/srv/a\\rb\""),
             ("archive.directory", "[archive]\ndirectory = \"/srv/a\\u0085b\""),
             ("cluster.name", "[cluster]\nname = \"ma\\tin\""),
+            ("replication.sslrootcert", "[replication]\nsslrootcert = \"/etc/pgha/ca\\u0001.crt\""),
             (
                 "standby.streaming_timeout",
                 "[standby]\naddresses = [\"192.0.2.11\"]\nstreaming_timeout = \"500000000000y\"",

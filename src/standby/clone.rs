@@ -26,7 +26,7 @@ use crate::tools::pg_controldata::{self, RecordedSettings};
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
 use crate::tools::pg_lsclusters::is_online;
 use crate::tools::psql::{query_value, Target};
-use crate::upstream::{passfile_change, primary_client_conninfo, sql_target, PrivatePassfile};
+use crate::upstream::{passfile_change, primary_client_conninfo, sql_target, warn_if_unencrypted, PrivatePassfile};
 
 /// What a finished clone did, for the final message.
 #[derive(Clone, Debug)]
@@ -96,8 +96,8 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
     let started = Instant::now();
     let cluster = context.cluster;
     let passfile = PrivatePassfile::new(context.config, context.password)?;
-    let sslmode = context.config.replication.sslmode.resolve(primary.ssl);
-    let remote = sql_target(context.config, &passfile.path, sslmode);
+    warn_if_unencrypted(context.config, primary.ssl);
+    let remote = sql_target(context.config, &passfile.path, primary.version);
     let was_running = is_online(cluster)?;
     let staging = crate::files::datadir::staging_path(&cluster.data_dir);
 
@@ -112,8 +112,8 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
         fresh_staging(&cluster.data_dir)?;
         // Preflight saw no slot of this name, so whatever exists after a failure is this clone's.
         created_slot |= slot_plan == SlotPlan::Create;
-        run_basebackup(context, &passfile.path, sslmode, &staging, slot_plan)?;
-        configure_staging(context, primary, &staging)?;
+        run_basebackup(context, &passfile.path, primary, &staging, slot_plan)?;
+        configure_staging(context, &staging)?;
         Ok(dir_size(&staging))
     })();
     let cloned_bytes = match result {
@@ -196,7 +196,7 @@ fn failure(error: anyhow::Error, undo: Result<()>, restored: String) -> anyhow::
 fn run_basebackup(
     context: &StandbyContext,
     passfile: &Path,
-    sslmode: &str,
+    primary: &PrimaryFacts,
     staging: &Path,
     slot_plan: SlotPlan,
 ) -> Result<()> {
@@ -205,7 +205,7 @@ fn run_basebackup(
         cluster,
         conninfo: format!(
             "{} application_name={}_clone",
-            primary_client_conninfo(context.config, passfile, sslmode, "replication"),
+            primary_client_conninfo(context.config, passfile, primary.version, "replication"),
             standby_name(context.own_address)
         ),
         pgdata: staging.to_path_buf(),
@@ -246,7 +246,7 @@ pub fn hot_standby_settings(recorded: &RecordedSettings, fallback_wal_senders: u
     }
 }
 
-fn standby_facts(context: &StandbyContext, primary: &PrimaryFacts, settings: Option<HotStandbySettings>) -> Facts {
+fn standby_facts(context: &StandbyContext, settings: Option<HotStandbySettings>) -> Facts {
     let cluster = context.cluster;
     let local_ssl = if is_online(cluster).unwrap_or(false) {
         query_value(&Target::local(cluster), "SHOW ssl").map(|value| value == "on").unwrap_or(true)
@@ -260,7 +260,6 @@ fn standby_facts(context: &StandbyContext, primary: &PrimaryFacts, settings: Opt
         data_dir: cluster.data_dir.clone(),
         own_address: context.own_address,
         local_ssl,
-        primary_ssl: primary.ssl,
         primary_settings: settings,
     }
 }
@@ -276,10 +275,10 @@ fn standby_config(config: &Config, settings: Option<&HotStandbySettings>) -> Con
 
 /// Signal file (or recovery.conf) first, then postgresql.auto.conf without recovery settings:
 /// from here on nothing can start the copy as a primary.
-pub fn configure_staging(context: &StandbyContext, primary: &PrimaryFacts, staging: &Path) -> Result<()> {
+pub fn configure_staging(context: &StandbyContext, staging: &Path) -> Result<()> {
     let postgres = postgres_account()?;
     let config = standby_config(context.config, None);
-    let files = render(Role::Standby, &config, &standby_facts(context, primary, None))?;
+    let files = render(Role::Standby, &config, &standby_facts(context, None))?;
     let signal = files.first().context("render gave no standby signal file")?;
     let name = signal.path.file_name().context("signal file has no name")?;
     write_atomic(
@@ -319,7 +318,7 @@ pub fn write_config_files(
     }
     let settings = hot_standby_settings(&controldata.settings, primary.max_wal_senders);
     let config = standby_config(context.config, Some(&settings));
-    let facts = standby_facts(context, primary, Some(settings));
+    let facts = standby_facts(context, Some(settings));
     let conf_d = context.cluster.config_dir.join("conf.d");
     if !conf_d.is_dir() {
         let postgres = postgres_account()?;

@@ -34,12 +34,13 @@ impl StandbyContext<'_> {
         self.config.replication.slots.then(|| standby_name(self.own_address))
     }
 
-    fn remote(&self, passfile: &Path, sslmode: &str) -> Target {
-        sql_target(self.config, passfile, sslmode)
+    // Preflight refuses a primary of another major version than this cluster's.
+    fn remote(&self, passfile: &Path) -> Target {
+        sql_target(self.config, passfile, self.cluster.version)
     }
 
-    fn replication(&self, passfile: &Path, sslmode: &str) -> Target {
-        replication_target(self.config, passfile, sslmode)
+    fn replication(&self, passfile: &Path) -> Target {
+        replication_target(self.config, passfile, self.cluster.version)
     }
 
     fn login_failure(&self, what: &str, error: anyhow::Error) -> anyhow::Error {

@@ -12,7 +12,6 @@ use crate::quote::sql_literal;
 use crate::standby::StandbyContext;
 use crate::tools::pg_lsclusters::is_online;
 use crate::tools::psql::{parse_bool, query, query_value, Target};
-use crate::upstream::preflight_sslmode;
 use crate::version::PgVersion;
 
 /// Everything on the primary a clone depends on, learnt before this host changes.
@@ -56,7 +55,7 @@ pub fn identify_primary(context: &StandbyContext, passfile: &Path) -> Result<Str
              listens on that address (`pgha primary` sets listen_addresses) and that no firewall blocks the port"
         )
     })?;
-    let identify = query(&context.replication(passfile, preflight_sslmode(config)), "IDENTIFY_SYSTEM")
+    let identify = query(&context.replication(passfile), "IDENTIFY_SYSTEM")
         .map_err(|error| context.login_failure("replication login (IDENTIFY_SYSTEM) failed", error))?;
     identify
         .first()
@@ -70,8 +69,7 @@ pub fn identify_primary(context: &StandbyContext, passfile: &Path) -> Result<Str
 pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: String) -> Result<PrimaryFacts> {
     let config = context.config;
     let cluster = context.cluster;
-    let sslmode = preflight_sslmode(config);
-    let remote = context.remote(passfile, sslmode);
+    let remote = context.remote(passfile);
     let rows = query(
         &remote,
         &format!(

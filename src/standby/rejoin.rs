@@ -12,7 +12,7 @@ use crate::standby::slots::ensure_slot;
 use crate::standby::streaming::wait_streaming_from_primary;
 use crate::standby::StandbyContext;
 use crate::tools::psql::query_bool;
-use crate::upstream::{preflight_sslmode, sql_target, PrivatePassfile};
+use crate::upstream::{sql_target, PrivatePassfile};
 
 /// How long a running standby of this primary gets to show it streams before rejoin acts.
 const RECONNECT_PATIENCE: Duration = Duration::from_secs(5);
@@ -34,7 +34,7 @@ pub fn rejoin(context: &StandbyContext, options: &RejoinOptions) -> Result<Rejoi
     let config = context.config;
     let passfile = PrivatePassfile::new(config, context.password)?;
     let system_identifier = identify_primary(context, &passfile.path)?;
-    let remote = sql_target(config, &passfile.path, preflight_sslmode(config));
+    let remote = sql_target(config, &passfile.path, context.cluster.version);
     if query_bool(&remote, "SELECT pg_is_in_recovery()")? {
         bail!(
             "the configured primary {} is in recovery: promote it first (`pgha promote` there)",

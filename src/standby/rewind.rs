@@ -100,7 +100,7 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
         control.state
     );
     wait_for_dead_postmaster(&cluster.data_dir);
-    configure_staging(context, primary, &cluster.data_dir)?;
+    configure_staging(context, &cluster.data_dir)?;
     let mut transaction = Transaction::new();
     write_config_files(context, primary, &cluster.data_dir, &mut transaction)?;
     // A standby's files stay whatever happens next: rejoin either finishes or clones, which rewrites them.
@@ -157,12 +157,11 @@ pub fn rewind(
 ) -> Result<Rewound> {
     let cluster = context.cluster;
     shut_down_cleanly(context, primary)?;
-    let sslmode = context.config.replication.sslmode.resolve(primary.ssl);
-    let conninfo = primary_client_conninfo(context.config, passfile, sslmode, "postgres");
+    let conninfo = primary_client_conninfo(context.config, passfile, primary.version, "postgres");
     let dry = pg_rewind::plan(cluster, &conninfo)?;
     if dry.same_timeline {
         let local_timeline = pg_controldata::read(cluster.version, &cluster.data_dir)?.timeline.to_string();
-        let identify = query(&context.replication(passfile, sslmode), "IDENTIFY_SYSTEM")?;
+        let identify = query(&context.replication(passfile), "IDENTIFY_SYSTEM")?;
         let primary_timeline = identify.first().and_then(|row| row.get(1)).cloned().unwrap_or_default();
         if primary_timeline != local_timeline {
             bail!(
@@ -195,7 +194,7 @@ pub fn rewind(
     } else {
         log::info!("pg_rewind: no rewind required, this cluster is behind the primary's history");
     }
-    configure_staging(context, primary, &cluster.data_dir)?;
+    configure_staging(context, &cluster.data_dir)?;
     let mut transaction = Transaction::new();
     write_config_files(context, primary, &cluster.data_dir, &mut transaction)?;
     // A standby's files stay whatever happens next: rejoin either finishes or clones, which rewrites them.

@@ -72,6 +72,9 @@ fn version_differences_are_rendered() {
     let v12 = read("standby", "12", "conf.d/pgha.conf");
     assert!(v12.contains("primary_conninfo") && v12.contains("primary_slot_name = 'pgha_192_0_2_11'"));
     assert!(read("standby", "12", "standby.signal").starts_with("# Managed by pgha"));
+    // The wal receiver binds its login to TLS only where the server's own libpq can (13+).
+    assert!(!v12.contains("channel_binding") && !read("standby", "11", "recovery.conf").contains("channel_binding"));
+    assert!(read("standby", "13", "conf.d/pgha.conf").contains("sslmode=require channel_binding=require"));
     for version in VERSIONS {
         let conf = read("primary", version, "conf.d/pgha.conf");
         assert!(conf.starts_with("# Managed by pgha") && conf.contains("wal_log_hints = on"), "{version}");

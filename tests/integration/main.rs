@@ -8,6 +8,8 @@ mod cli;
 mod day2;
 mod golden;
 mod primary;
+mod secrets;
 mod standby;
+mod tls;
 mod trust;
 mod versions;
