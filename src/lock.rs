@@ -15,8 +15,8 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+#[cfg(test)]
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -85,16 +85,10 @@ static HELD: OnceLock<ClusterLock> = OnceLock::new();
 /// Takes the lock of `cluster` for the rest of this run (see [`ClusterLock::acquire`]).
 pub fn take_for_run(cluster: &str, command: &str, wait: bool) -> Result<()> {
     let lock = ClusterLock::acquire(Path::new(DEFAULT_LOCK_DIR), cluster, command, wait)?;
+    // The children that write into the cluster inherit it (see `signals::hand_lock_to`).
+    crate::signals::set_run_lock(lock.file.as_raw_fd());
     let _ = HELD.set(lock);
     Ok(())
-}
-
-/// Lets the child `command` starts hold this run's lock, if it holds one: a pg_basebackup or
-/// pg_rewind left running by a killed pgha keeps the next run out until it ends.
-pub fn hold_in_child(command: &mut Command) {
-    if let Some(lock) = HELD.get() {
-        lock.hold_in_child(command);
-    }
 }
 
 impl ClusterLock {
@@ -135,18 +129,10 @@ impl ClusterLock {
     /// Lets the child `command` will start hold this lock too (its copy of the descriptor is not
     /// closed on exec), so the lock outlives a killed pgha for as long as that child runs. Spawn
     /// the command while this lock is still held: the child is given the descriptor's number.
+    /// pgha's own children get it through `signals::hand_lock_to`; this is the same, for one lock.
+    #[cfg(test)]
     pub fn hold_in_child(&self, command: &mut Command) {
-        let fd = self.file.as_raw_fd();
-        // Runs in the child between fork and exec: fcntl is async-signal-safe and allocates nothing.
-        unsafe {
-            command.pre_exec(move || {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::signals::inherit_fd(command, self.file.as_raw_fd());
     }
 }
 

@@ -25,7 +25,15 @@ impl Node {
     }
 
     pub fn for_config(config: Config) -> Result<Node> {
-        let listed: Vec<Cluster> = pg_lsclusters::list()?.into_iter().map(|listed| listed.cluster).collect();
+        let choice = &config.cluster;
+        let name = choice.version.and(choice.name.as_deref());
+        let listed = match pg_lsclusters::list(choice.version, name) {
+            Ok(listed) => listed,
+            // A cluster that does not exist is the admin's input: the selection below says what does.
+            Err(_) if name.is_some() => pg_lsclusters::list(choice.version, None)?,
+            Err(error) => return Err(error),
+        };
+        let listed: Vec<Cluster> = listed.into_iter().map(|listed| listed.cluster).collect();
         let cluster = select_cluster(&config.path, &config.cluster, &listed)?;
         Ok(Node { config, cluster })
     }

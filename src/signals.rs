@@ -1,4 +1,4 @@
-//! SIGTERM, SIGINT and SIGHUP during a run (`systemctl stop`, a unit's timeout, Ctrl-C): the
+//! The children pgha starts, and what reaches them. SIGTERM, SIGINT and SIGHUP during a run (`systemctl stop`, a unit's timeout, Ctrl-C): the
 //! children pgha is waiting on (psql, pg_basebackup, pg_rewind) are stopped, no new one starts,
 //! and the run fails through the same undo as any other failure, then exits non-zero.
 //!
@@ -17,6 +17,36 @@ use signal_hook::iterator::Signals;
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 static FINISHING: AtomicBool = AtomicBool::new(false);
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static RUN_LOCK: AtomicI32 = AtomicI32::new(-1);
+
+/// The descriptor of the run's cluster lock, for `hand_lock_to`.
+pub fn set_run_lock(fd: i32) {
+    RUN_LOCK.store(fd, Ordering::SeqCst);
+}
+
+/// Lets the child `command` starts hold the run's cluster lock, if the run holds one: a
+/// pg_basebackup or pg_rewind left running by a killed pgha keeps the next run out until it ends.
+pub fn hand_lock_to(command: &mut std::process::Command) {
+    let fd = RUN_LOCK.load(Ordering::SeqCst);
+    if fd >= 0 {
+        inherit_fd(command, fd);
+    }
+}
+
+/// Keeps `fd` open across the exec of the child `command` starts (it is close-on-exec here).
+pub fn inherit_fd(command: &mut std::process::Command, fd: i32) {
+    use std::os::unix::process::CommandExt;
+    // Runs in the child between fork and exec: fcntl is async-signal-safe and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
 
 /// The error a run fails with once a signal arrived.
 #[derive(Debug)]

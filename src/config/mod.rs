@@ -1,121 +1,28 @@
 //! /etc/pgha/pgha.conf: parsed into raw optional fields, then validated into domain types.
 //!
-//! Every default lives in `Config::from_raw`, so the example file, the man page and the code
-//! can be checked against one place.
+//! The raw form and every default are in `raw`, the checks of single values in `values`, the
+//! password file in `password_file`; this module turns the raw form into the domain types.
 
 use std::fs;
 use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::error::ConfigError;
 
+mod password_file;
+mod raw;
 mod values;
+
+pub use password_file::{read_password_file, Password};
+pub use raw::*;
 
 use crate::version::PgVersion;
 use values::{
-    absolute, in_range, parse_ip, parse_port, parse_size_mb, parse_sslmode, parse_version_value, validate_cluster_name,
+    absolute, check_sslrootcert, in_range, parse_ip, parse_port, parse_size_mb, parse_sslmode, parse_version_value,
+    validate_cluster_name,
 };
 pub use values::{parse_duration, validate_password, validate_role_name};
-
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/pgha/pgha.conf";
-pub const DEFAULT_PASSWORD_FILE: &str = "/etc/pgha/replication.password";
-pub const DEFAULT_PASSFILE: &str = "/var/lib/postgresql/.pgha.pgpass";
-pub const DEFAULT_ARCHIVE_DIR: &str = "/var/backups/pgsql/archive";
-
-/// Every other default, in one place: `Config::from_raw` applies them, and the example pgha.conf
-/// and pgha.conf(5) show them (the template reads them from here).
-#[derive(Debug, serde::Serialize)]
-pub struct Defaults {
-    pub port: u16,
-    pub max_wal_senders: i64,
-    pub wal_keep_size: &'static str,
-    pub max_slot_wal_keep_size: &'static str,
-    pub streaming_timeout: &'static str,
-    pub user: &'static str,
-    pub password_file: &'static str,
-    pub passfile: &'static str,
-    pub slots: bool,
-    pub connection_limit: i64,
-    pub sslmode: &'static str,
-    pub archive_enabled: bool,
-    pub archive_directory: &'static str,
-    pub keep: &'static str,
-}
-
-pub const DEFAULTS: Defaults = Defaults {
-    port: 5432,
-    max_wal_senders: 10,
-    wal_keep_size: "1GB",
-    max_slot_wal_keep_size: "20GB",
-    streaming_timeout: "5min",
-    user: "replicator",
-    password_file: DEFAULT_PASSWORD_FILE,
-    passfile: DEFAULT_PASSFILE,
-    slots: true,
-    connection_limit: 5,
-    sslmode: "auto",
-    archive_enabled: true,
-    archive_directory: DEFAULT_ARCHIVE_DIR,
-    keep: "7d",
-};
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub cluster: Option<RawCluster>,
-    pub primary: Option<RawPrimary>,
-    pub standby: Option<RawStandby>,
-    pub replication: Option<RawReplication>,
-    pub archive: Option<RawArchive>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCluster {
-    pub version: Option<toml::Value>,
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPrimary {
-    pub address: Option<String>,
-    pub port: Option<i64>,
-    pub max_wal_senders: Option<i64>,
-    pub wal_keep_size: Option<String>,
-    pub max_slot_wal_keep_size: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawStandby {
-    pub addresses: Option<Vec<String>>,
-    pub streaming_timeout: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawReplication {
-    pub user: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub passfile: Option<PathBuf>,
-    pub slots: Option<bool>,
-    pub connection_limit: Option<i64>,
-    pub sslmode: Option<String>,
-    pub sslrootcert: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawArchive {
-    pub enabled: Option<bool>,
-    pub directory: Option<PathBuf>,
-    pub keep: Option<String>,
-}
 
 /// Which cluster pgha manages. `None` means: the only one pg_lsclusters lists.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -355,60 +262,6 @@ impl Config {
     pub fn read_password(&self) -> Result<Password, ConfigError> {
         read_password_file(&self.path, &self.replication.password_file)
     }
-}
-
-/// The CA file must be there when the config is read: otherwise the first sign of a typo would
-/// be a clone failing on the primary's certificate, or a standby that no longer reconnects.
-fn check_sslrootcert(file: PathBuf) -> Result<PathBuf, String> {
-    let file = absolute(file)?;
-    let shown = file.display();
-    let metadata = fs::metadata(&file).map_err(|error| format!("{shown}: cannot read it: {error}"))?;
-    if !metadata.is_file() {
-        return Err(format!("{shown} is not a regular file: expected the CA certificate (PEM) of the primary"));
-    }
-    fs::File::open(&file).map_err(|error| format!("{shown}: cannot read it: {error}"))?;
-    Ok(file)
-}
-
-/// The replication password. Debug never prints it, so it cannot leak through `{:?}` in a log.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(String);
-
-impl Password {
-    #[cfg(test)]
-    pub fn new(text: String) -> Self {
-        Password(text)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Password {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Password(<redacted>)")
-    }
-}
-
-pub fn read_password_file(config_path: &Path, file: &Path) -> Result<Password, ConfigError> {
-    let key = "replication.password_file";
-    let problem = |message: String| ConfigError::key(config_path, key, format!("{}: {message}", file.display()));
-    let metadata = fs::metadata(file).map_err(|error| problem(format!("cannot read it: {error}")))?;
-    let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(problem(format!(
-            "mode is {mode:04o}, readable by group or others: expected 0600 (chmod 600 {})",
-            file.display()
-        )));
-    }
-    let bytes = fs::read(file).map_err(|error| problem(format!("cannot read it: {error}")))?;
-    let text = String::from_utf8(bytes).map_err(|_| problem("is not valid UTF-8".into()))?;
-    // One trailing newline is what every editor and `echo` leave behind; it is not part of the password.
-    let password = text.strip_suffix('\n').unwrap_or(&text);
-    let password = password.strip_suffix('\r').unwrap_or(password);
-    validate_password(password).map_err(problem)?;
-    Ok(Password(password.to_string()))
 }
 
 #[cfg(test)]

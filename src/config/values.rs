@@ -1,5 +1,6 @@
 //! The values a pgha.conf key may take, each checked with an error that says what was expected.
 
+use std::fs;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -157,4 +158,17 @@ pub fn absolute(path: PathBuf) -> Result<PathBuf, String> {
     } else {
         Err(format!("{text:?} is relative: expected an absolute path"))
     }
+}
+
+/// The CA file must be there when the config is read: otherwise the first sign of a typo would
+/// be a clone failing on the primary's certificate, or a standby that no longer reconnects.
+pub fn check_sslrootcert(file: PathBuf) -> Result<PathBuf, String> {
+    let file = absolute(file)?;
+    let shown = file.display();
+    let metadata = fs::metadata(&file).map_err(|error| format!("{shown}: cannot read it: {error}"))?;
+    if !metadata.is_file() {
+        return Err(format!("{shown} is not a regular file: expected the CA certificate (PEM) of the primary"));
+    }
+    fs::File::open(&file).map_err(|error| format!("{shown}: cannot read it: {error}"))?;
+    Ok(file)
 }

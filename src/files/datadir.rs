@@ -14,7 +14,6 @@ use anyhow::{bail, Context, Result};
 
 use crate::files::secure::{copy_tree, open_parent, CopyOwnership, Dir, Ownership};
 use crate::host::postgres_account;
-use crate::tools::{postgres_command, run_checked};
 
 /// `<datadir>.pgha-staging`: beside the data directory, so the swap is a rename on one filesystem.
 pub fn staging_path(data_dir: &Path) -> PathBuf {
@@ -211,26 +210,12 @@ pub fn copy_aside(data_dir: &Path) -> Result<PathBuf> {
     Ok(copy)
 }
 
-/// Copies `names` from `wal_dir` into a new `<datadir>.pgha-fork-<time>` (postgres, 0700), with
-/// `notes` written beside them as files. Returns the directory. Root makes the directory
-/// exclusively; the copy itself runs as postgres, because pg_wal may legitimately be a symlink
-/// to another disk, and what postgres reads as itself gives it nothing it did not have.
-pub fn save_fork(data_dir: &Path, wal_dir: &Path, names: &[String], notes: &[(&str, &str)]) -> Result<PathBuf> {
+/// A new, empty `<datadir>.pgha-fork-<time>` (postgres, 0700), made exclusively so nothing
+/// planted at the name is used. The WAL goes in as postgres (`tools::copy_as_postgres`).
+pub fn create_fork_dir(data_dir: &Path) -> Result<PathBuf> {
     let fork = fork_path(data_dir, SystemTime::now());
     let (parent, _) = beside(data_dir)?;
-    let fork_dir = parent.create_dir(name_of(&fork)?, postgres_only()?)?;
-    for chunk in names.chunks(256) {
-        let mut command = postgres_command("cp")?;
-        command.args(["--no-dereference", "--preserve=mode,timestamps", "--"]);
-        command.args(chunk.iter().map(|name| wal_dir.join(name)));
-        command.arg(&fork);
-        run_checked(&mut command, "cp (saving the diverged WAL)")?;
-    }
-    let postgres = postgres_only()?;
-    for (name, text) in notes {
-        fork_dir.write_atomic(name, text.as_bytes(), Ownership { mode: 0o600, ..postgres })?;
-    }
-    fork_dir.sync()?;
+    parent.create_dir(name_of(&fork)?, postgres_only()?)?.sync()?;
     Ok(fork)
 }
 

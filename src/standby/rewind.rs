@@ -18,7 +18,7 @@ use anyhow::{bail, Result};
 
 use crate::debian::{log_tail, Cluster};
 use crate::files::apply::Transaction;
-use crate::files::datadir::{add_note, copy_aside, save_fork};
+use crate::files::datadir::{add_note, copy_aside, create_fork_dir};
 use crate::files::secure::read_text_capped;
 use crate::replication::Lsn;
 use crate::standby::clone::{configure_staging, write_config_files};
@@ -30,8 +30,8 @@ use crate::tools::pg_controldata::{self, ControlData};
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
 use crate::tools::pg_lsclusters::is_online;
 use crate::tools::pg_rewind::{self, invoke_pg_rewind, RewindPlan};
-use crate::tools::poll_until;
 use crate::tools::psql::{query, wait_until_ready, Target};
+use crate::tools::{copy_as_postgres, poll_until};
 use crate::upstream::primary_client_conninfo;
 use crate::version::PgVersion;
 
@@ -225,7 +225,10 @@ fn save_diverged_wal(cluster: &Cluster, diverged: Lsn, dry_run_output: &str) -> 
         .into_iter()
         .chain(names.iter().filter(|name| name.ends_with(".history")).cloned())
         .collect();
-    let fork = save_fork(&cluster.data_dir, &wal_dir, &saved, &[("pg_rewind-dry-run.log", dry_run_output)])?;
+    let fork = create_fork_dir(&cluster.data_dir)?;
+    // As postgres: pg_wal may be a link to another disk, which root must not follow.
+    copy_as_postgres(&saved.iter().map(|name| wal_dir.join(name)).collect::<Vec<_>>(), &fork)?;
+    add_note(&fork, "pg_rewind-dry-run.log", dry_run_output)?;
     log::info!("saved {} WAL files written after the divergence at {diverged} into {}", saved.len(), fork.display());
     Ok(fork)
 }

@@ -66,7 +66,7 @@ pub fn invoke_pg_basebackup(
         }
     }
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    crate::lock::hold_in_child(&mut command);
+    crate::signals::hand_lock_to(&mut command);
     let (mut child, _tracked) = spawn_tracked(&mut command, "pg_basebackup")?;
     let stderr = child.stderr.take().context("pg_basebackup's stderr is not a pipe")?;
     let mut tail: Vec<String> = Vec::new();

@@ -12,8 +12,18 @@ use crate::debian::Cluster;
 use crate::tools::{root_command, run_checked};
 use crate::version::PgVersion;
 
-pub fn invoke_pg_lsclusters() -> Result<String> {
-    run_checked(root_command("pg_lsclusters").arg("--json"), "pg_lsclusters --json")
+/// `pg_lsclusters --json [VERSION [NAME]]`. Asking for one cluster keeps a broken other one (a
+/// cluster half created or half dropped right now makes the whole listing fail) out of the way.
+pub fn invoke_pg_lsclusters(version: Option<PgVersion>, name: Option<&str>) -> Result<String> {
+    let mut command = root_command("pg_lsclusters");
+    command.arg("--json");
+    if let Some(version) = version {
+        command.arg(version.to_string());
+        if let Some(name) = name {
+            command.arg(name);
+        }
+    }
+    run_checked(&mut command, "pg_lsclusters --json")
 }
 
 /// One cluster as pg_lsclusters prints it. Numbers arrive as JSON numbers or strings depending
@@ -94,13 +104,24 @@ pub fn parse_pg_lsclusters(output: &str) -> Result<Vec<ListedCluster>> {
         .collect())
 }
 
-pub fn list() -> Result<Vec<ListedCluster>> {
-    parse_pg_lsclusters(&invoke_pg_lsclusters()?)
+/// The clusters of `version` (all when None), or the one named `name` of that version.
+pub fn list(version: Option<PgVersion>, name: Option<&str>) -> Result<Vec<ListedCluster>> {
+    let output = invoke_pg_lsclusters(version, name).map_err(|error| {
+        if version.is_some() && name.is_some() {
+            error
+        } else {
+            error.context(
+                "pg_lsclusters cannot list this host's clusters: name the cluster in pgha.conf ([cluster] version \
+                 and name), so that pgha asks for that one only",
+            )
+        }
+    })?;
+    parse_pg_lsclusters(&output)
 }
 
 /// The cluster's state now.
 pub fn state(cluster: &Cluster) -> Result<ListedCluster> {
-    list()?
+    list(Some(cluster.version), Some(&cluster.name))?
         .into_iter()
         .find(|listed| listed.cluster.version == cluster.version && listed.cluster.name == cluster.name)
         .with_context(|| format!("cluster {} disappeared from pg_lsclusters", cluster.id()))

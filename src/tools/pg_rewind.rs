@@ -43,7 +43,7 @@ pub fn invoke_pg_rewind(cluster: &Cluster, source_conninfo: &str, dry_run: bool)
     command
         .arg(format!("--target-pgdata={}", cluster.data_dir.display()))
         .arg(format!("--source-server={source_conninfo}"));
-    crate::lock::hold_in_child(&mut command);
+    crate::signals::hand_lock_to(&mut command);
     if dry_run {
         command.arg("--dry-run");
     } else {
