@@ -102,7 +102,7 @@ impl PromoteArgs {
         let old_primary = config.primary.address;
         if config.replication.slots {
             for address in config.node_addresses().into_iter().filter(|address| *address != own) {
-                if !ensure_slot(&target, &standby_name(address))? {
+                if !ensure_slot(&target, &standby_name(address), cluster.version)? {
                     continue;
                 }
                 log::info!("created replication slot {} for {address}", standby_name(address));

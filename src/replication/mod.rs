@@ -86,10 +86,13 @@ pub fn parse_verify_output(rows: &[Vec<String>]) -> Result<Lsn> {
 
 /// Creates the physical slot a standby streams from, unless it exists. Reserving at once keeps the
 /// WAL from now on, so a node that (re)joins later finds what it needs.
-pub fn ensure_slot_sql(name: &str) -> String {
+/// 9.5's function takes the name only (and cannot reserve WAL at creation); the second argument
+/// arrived in 9.6.
+pub fn ensure_slot_sql(name: &str, version: PgVersion) -> String {
     let name = sql_literal(name);
+    let reserve = if version >= PgVersion::new(9, 6) { ", true" } else { "" };
     format!(
-        "SELECT 'created' FROM pg_create_physical_replication_slot({name}, true) \
+        "SELECT 'created' FROM pg_create_physical_replication_slot({name}{reserve}) \
          WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {name});\n"
     )
 }
@@ -97,6 +100,12 @@ pub fn ensure_slot_sql(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_creation_follows_the_9_5_signature() {
+        assert!(ensure_slot_sql("s", PgVersion::new(9, 5)).contains("pg_create_physical_replication_slot('s')"));
+        assert!(ensure_slot_sql("s", PgVersion::new(9, 6)).contains("pg_create_physical_replication_slot('s', true)"));
+    }
 
     fn rows(text: &str) -> Vec<Vec<String>> {
         crate::tools::psql::parse_rows(text)

@@ -46,7 +46,7 @@ pub fn rejoin(context: &StandbyContext, options: &RejoinOptions) -> Result<Rejoi
     }
     let primary = preflight(context, &passfile.path, system_identifier)?;
     if let Some(slot) = context.slot_name() {
-        ensure_slot(&remote, &slot)?;
+        ensure_slot(&remote, &slot, primary.version)?;
     }
 
     let why_not = if options.full_clone {

@@ -64,8 +64,8 @@ fn wait_slot_inactive(remote: &Target, literal: &str) -> Result<()> {
 }
 
 /// Makes sure the slot `name` exists on `target`, reserving WAL from now on.
-pub fn ensure_slot(target: &Target, name: &str) -> Result<bool> {
-    Ok(!query(target, &ensure_slot_sql(name))?.is_empty())
+pub fn ensure_slot(target: &Target, name: &str, version: PgVersion) -> Result<bool> {
+    Ok(!query(target, &ensure_slot_sql(name, version))?.is_empty())
 }
 
 pub fn drop_slot_if_created(context: &StandbyContext, remote: &Target, created: bool) -> Result<()> {
