@@ -167,12 +167,13 @@ echo "-- systemctl stop pgha-standby in the middle of a clone"
 # A down cluster makes pgha-standby clone again; a slow link keeps it copying long enough to stop it.
 clone_inode=$(in_host "$standby" stat -c %i "$datadir")
 in_host "$standby" pg_ctlcluster "$pg" main stop
-in_host "$standby" tc qdisc add dev host0 root tbf rate 16mbit burst 64kbit latency 400ms
+# The data flows from the primary: its side of the link is the one to slow down.
+in_host "$primary" tc qdisc add dev host0 root tbf rate 16mbit burst 64kbit latency 400ms
 in_host "$standby" systemctl restart --no-block pgha-standby
 copying() { in_host "$standby" systemctl show -P StatusText pgha-standby | grep -q '^cloning [0-9]'; }
 check "pgha-standby is copying from the primary" eventually 60 copying
 check "systemctl stop pgha-standby returns" in_host "$standby" systemctl stop pgha-standby
-in_host "$standby" tc qdisc del dev host0 root
+in_host "$primary" tc qdisc del dev host0 root
 in_host "$standby" journalctl -u pgha-standby -o cat --no-pager -n 6 | sed 's/^/    /'
 check "the stopped clone logged the signal" \
     bash -c "nsenter -t $(cat "$(host_dir "$standby")/leader.pid") -a -- journalctl -u pgha-standby -o cat --no-pager | grep -q 'interrupted by SIGTERM'"
