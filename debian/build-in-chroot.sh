@@ -81,7 +81,7 @@ in_chroot() {
     # nspawn says so at every exit: that line is noise.
     systemd-nspawn --quiet --console=pipe --register=no --keep-unit --as-pid2 --volatile=overlay -D "$root" \
         --bind="$out:$chroot_dir" --chdir="$chroot_dir/pgha" "$@" </dev/null 8>&- 9>&- \
-        2> >(grep -v '^Attempted to remove disk file system under' >&2)
+        2> >(grep --line-buffered -v '^Attempted to remove disk file system under' >&2)
 }
 
 root=$(build_chroot)
