@@ -29,8 +29,11 @@ impl Node {
         let name = choice.version.and(choice.name.as_deref());
         let listed = match pg_lsclusters::list(choice.version, name) {
             Ok(listed) => listed,
-            // A cluster that does not exist is the admin's input: the selection below says what does.
-            Err(_) if name.is_some() => pg_lsclusters::list(choice.version, None)?,
+            // A cluster that does not exist is the admin's input: the selection below says so, and
+            // which ones do exist when pg_lsclusters can list them.
+            Err(error) if name.is_some() && format!("{error:#}").contains("does not exist") => {
+                pg_lsclusters::list(choice.version, None).unwrap_or_default()
+            }
             Err(error) => return Err(error),
         };
         let listed: Vec<Cluster> = listed.into_iter().map(|listed| listed.cluster).collect();

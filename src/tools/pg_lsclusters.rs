@@ -3,13 +3,14 @@
 //! them is guessed from Debian's defaults.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::debian::Cluster;
-use crate::tools::{root_command, run_checked};
+use crate::tools::{poll_until, root_command, run_checked};
 use crate::version::PgVersion;
 
 /// `pg_lsclusters --json [VERSION [NAME]]`. Asking for one cluster keeps a broken other one (a
@@ -106,8 +107,20 @@ pub fn parse_pg_lsclusters(output: &str) -> Result<Vec<ListedCluster>> {
 
 /// The clusters of `version` (all when None), or the one named `name` of that version.
 pub fn list(version: Option<PgVersion>, name: Option<&str>) -> Result<Vec<ListedCluster>> {
-    let output = invoke_pg_lsclusters(version, name).map_err(|error| {
-        if version.is_some() && name.is_some() {
+    let one = version.is_some() && name.is_some();
+    // A listing of several clusters fails while one of them is being created or dropped, which
+    // takes a few seconds: try again for a while before calling the host broken.
+    let patience = if one { Duration::ZERO } else { Duration::from_secs(10) };
+    let mut last_error = None;
+    let output = poll_until(patience, Duration::from_millis(500), || match invoke_pg_lsclusters(version, name) {
+        Ok(output) => Ok(Some(output)),
+        Err(error) => {
+            last_error = Some(error);
+            Ok(None)
+        }
+    })?;
+    let output = output.ok_or_else(|| last_error.unwrap_or_else(|| anyhow::anyhow!("no answer"))).map_err(|error| {
+        if one {
             error
         } else {
             error.context(
