@@ -62,6 +62,11 @@ impl fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// Whether `error` ended a run because a signal arrived.
+pub fn is_interrupted(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.is::<Interrupted>())
+}
+
 fn signal_name(signal: i32) -> String {
     match signal {
         SIGTERM => "SIGTERM".into(),

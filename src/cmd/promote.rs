@@ -22,8 +22,8 @@ use crate::node::{find_local_address, Node};
 use crate::render::standby_name;
 use crate::standby::slots::ensure_slot;
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
-use crate::tools::poll_until;
 use crate::tools::psql::{classify_failure, query, query_bool, query_value, Target};
+use crate::tools::retry_until_ok;
 use crate::upstream::sql_target;
 use crate::version::PgVersion;
 
@@ -170,21 +170,14 @@ fn promote(cluster: &Cluster, target: &Target) -> Result<()> {
 
 /// Waits for the first write: a transaction id is only handed out by a server that accepts writes.
 fn wait_for_writes(target: &Target, cluster: &Cluster) -> Result<()> {
-    let mut last_error = None;
-    let accepted = poll_until(PROMOTE_TIMEOUT, Duration::from_millis(10), || {
-        match query_value(target, "SELECT txid_current()") {
-            Ok(_) => Ok(Some(())),
-            Err(error) => {
-                last_error = Some(error);
-                Ok(None)
-            }
-        }
-    })?;
-    if accepted.is_none() {
-        let error = last_error.map_or_else(|| "no answer".to_string(), |error| format!("{error:#}"));
-        bail!("cluster {} did not accept writes after the promote: {error}\n{}", cluster.id(), log_tail(cluster, 20));
+    match retry_until_ok(PROMOTE_TIMEOUT, Duration::from_millis(10), || query_value(target, "SELECT txid_current()")) {
+        Ok(_) => Ok(()),
+        Err(error) => bail!(
+            "cluster {} did not accept writes after the promote: {error:#}\n{}",
+            cluster.id(),
+            log_tail(cluster, 20)
+        ),
     }
-    Ok(())
 }
 
 fn rewrite_config(config_path: &Path, config: &Config, own: IpAddr, port: u16) -> Result<()> {

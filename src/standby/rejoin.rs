@@ -57,7 +57,7 @@ pub fn rejoin(context: &StandbyContext, options: &RejoinOptions) -> Result<Rejoi
     match why_not {
         None => match rewind(context, &primary, &passfile.path, options.timeout, options.keep_copy) {
             Ok(rewound) => return Ok(Rejoined::Rewound { rewound, elapsed: started.elapsed() }),
-            Err(error) if error.chain().any(|cause| cause.is::<crate::signals::Interrupted>()) => {
+            Err(error) if crate::signals::is_interrupted(&error) => {
                 return Err(error.context(format!(
                     "rejoin stopped during the rewind: cluster {} is left stopped, and what its data directory \
                      held before is kept beside it (.pgha-old-*, .pgha-fork-*); run `pgha rejoin` again, it \

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::notify::notify_status;
 use crate::standby::StandbyContext;
 use crate::tools::pg_controldata;
 use crate::tools::pg_lsclusters::is_online;
-use crate::tools::poll_until;
 use crate::tools::psql::{query, query_bool, Target};
+use crate::tools::{poll_until, retry_until_ok};
 
 /// How a new standby came up. It counts as done once it runs in recovery (the caller checked it
 /// holds the primary's system identifier): a standby that streams only later, after replaying the
@@ -25,27 +25,16 @@ pub enum StandbyStarted {
 /// `timeout` for streaming, which is only reported.
 pub fn confirm_standby(context: &StandbyContext, timeout: Duration) -> Result<StandbyStarted> {
     let local = Target::local(context.cluster);
-    let mut last_error = None;
-    let in_recovery = poll_until(Duration::from_secs(60), Duration::from_millis(250), || {
-        match query_bool(&local, "SELECT pg_is_in_recovery()") {
-            Ok(recovering) => Ok(Some(recovering)),
-            Err(error) => {
-                last_error = Some(error);
-                Ok(None)
-            }
-        }
-    })?;
-    match in_recovery {
-        Some(true) => {}
-        Some(false) => bail!("the new copy came up as a primary, not in recovery"),
-        None => {
-            let error = last_error.unwrap_or_else(|| anyhow::anyhow!("no answer"));
-            return Err(error.context(format!("cluster {} does not answer after it started", context.cluster.id())));
-        }
+    let in_recovery = retry_until_ok(Duration::from_secs(60), Duration::from_millis(250), || {
+        query_bool(&local, "SELECT pg_is_in_recovery()")
+    })
+    .with_context(|| format!("cluster {} does not answer after it started", context.cluster.id()))?;
+    if !in_recovery {
+        bail!("the new copy came up as a primary, not in recovery");
     }
     let streaming = match wait_for_streaming(context, timeout) {
         // The standby is done by the rule above: a signal now ends the wait, not the standby.
-        Err(error) if error.chain().any(|cause| cause.is::<crate::signals::Interrupted>()) => {
+        Err(error) if crate::signals::is_interrupted(&error) => {
             crate::signals::finish_from_here();
             log::warn!("{error:#} while waiting for the standby to stream; the standby is kept");
             return Ok(StandbyStarted::NotStreamingYet);

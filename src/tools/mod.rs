@@ -123,6 +123,21 @@ pub fn poll_until<T>(
     }
 }
 
+/// Tries `attempt` every `interval` until it succeeds, or `timeout` has passed: then its last
+/// error. For servers and programs that fail for a moment (starting, reconnecting, a cluster
+/// being created next to ours) before they answer.
+pub fn retry_until_ok<T>(timeout: Duration, interval: Duration, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut last_error = None;
+    let answer = poll_until(timeout, interval, || match attempt() {
+        Ok(value) => Ok(Some(value)),
+        Err(error) => {
+            last_error = Some(error);
+            Ok(None)
+        }
+    })?;
+    answer.ok_or_else(|| last_error.unwrap_or_else(|| anyhow::anyhow!("no answer")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +154,20 @@ mod tests {
         assert!(failed.is_err());
         let never: Option<()> = poll_until(Duration::ZERO, Duration::ZERO, || Ok(None)).unwrap();
         assert_eq!(never, None);
+    }
+
+    #[test]
+    fn retrying_keeps_the_last_error() {
+        let mut calls = 0;
+        let answer = retry_until_ok(Duration::from_secs(5), Duration::ZERO, || {
+            calls += 1;
+            if calls < 3 {
+                anyhow::bail!("not yet {calls}")
+            }
+            Ok(calls)
+        });
+        assert_eq!(answer.unwrap(), 3);
+        let failed: Result<()> = retry_until_ok(Duration::ZERO, Duration::ZERO, || anyhow::bail!("down"));
+        assert_eq!(failed.unwrap_err().to_string(), "down");
     }
 }

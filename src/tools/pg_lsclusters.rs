@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::debian::Cluster;
-use crate::tools::{poll_until, root_command, run_checked};
+use crate::tools::{retry_until_ok, root_command, run_checked};
 use crate::version::PgVersion;
 
 /// `pg_lsclusters --json [VERSION [NAME]]`. Asking for one cluster keeps a broken other one (a
@@ -111,24 +111,18 @@ pub fn list(version: Option<PgVersion>, name: Option<&str>) -> Result<Vec<Listed
     // A listing of several clusters fails while one of them is being created or dropped, which
     // takes a few seconds: try again for a while before calling the host broken.
     let patience = if one { Duration::ZERO } else { Duration::from_secs(10) };
-    let mut last_error = None;
-    let output = poll_until(patience, Duration::from_millis(500), || match invoke_pg_lsclusters(version, name) {
-        Ok(output) => Ok(Some(output)),
-        Err(error) => {
-            last_error = Some(error);
-            Ok(None)
-        }
-    })?;
-    let output = output.ok_or_else(|| last_error.unwrap_or_else(|| anyhow::anyhow!("no answer"))).map_err(|error| {
-        if one {
-            error
-        } else {
-            error.context(
-                "pg_lsclusters cannot list this host's clusters: name the cluster in pgha.conf ([cluster] version \
+    let output = retry_until_ok(patience, Duration::from_millis(500), || invoke_pg_lsclusters(version, name)).map_err(
+        |error| {
+            if one {
+                error
+            } else {
+                error.context(
+                    "pg_lsclusters cannot list this host's clusters: name the cluster in pgha.conf ([cluster] version \
                  and name), so that pgha asks for that one only",
-            )
-        }
-    })?;
+                )
+            }
+        },
+    )?;
     parse_pg_lsclusters(&output)
 }
 

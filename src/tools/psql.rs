@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::debian::Cluster;
 use crate::quote::conninfo_quote;
-use crate::tools::{output_tracked, poll_until, postgres_command};
+use crate::tools::{output_tracked, postgres_command, retry_until_ok};
 
 const FIELD_SEPARATOR: char = '\u{1f}';
 const RECORD_SEPARATOR: char = '\u{1e}';
@@ -121,20 +121,9 @@ pub fn parse_bool(text: &str) -> Result<bool> {
 
 /// Polls until the server answers queries, or the timeout passes.
 pub fn wait_until_ready(target: &Target, timeout: Duration) -> Result<()> {
-    let mut last_error = None;
-    let ready = poll_until(timeout, Duration::from_millis(250), || match query_value(target, "SELECT 1") {
-        Ok(_) => Ok(Some(())),
-        Err(error) => {
-            last_error = Some(error);
-            Ok(None)
-        }
-    })?;
-    match (ready, last_error) {
-        (Some(()), _) => Ok(()),
-        (None, error) => Err(error
-            .unwrap_or_else(|| anyhow::anyhow!("no answer"))
-            .context(format!("the server did not accept connections within {}s", timeout.as_secs()))),
-    }
+    retry_until_ok(timeout, Duration::from_millis(250), || query_value(target, "SELECT 1"))
+        .map(|_| ())
+        .with_context(|| format!("the server did not accept connections within {}s", timeout.as_secs()))
 }
 
 /// Why a connection attempt failed, read from libpq's message (psql prints it to stderr).
