@@ -51,17 +51,17 @@ fn main() -> ExitCode {
         Command::WriteConfig(args) => args.run(config),
         Command::GenerateDocs(args) => args.run(Cli::command()),
     };
-    match result {
+    match (result, signals::received()) {
         // A run that went past its point of no return finishes, and still says it was interrupted.
-        Ok(_) if signals::received().is_some() => {
-            let interrupted = signals::Interrupted { signal: signals::received().unwrap_or_default() };
+        (Ok(_), Some(signal)) => {
+            let interrupted = signals::Interrupted { signal };
             log::error!(
                 "{interrupted}: the run finished its last step anyway, and the host is in the state it reported"
             );
             ExitCode::from(error::EXIT_FAILURE as u8)
         }
-        Ok(code) => ExitCode::from(code as u8),
-        Err(error) => {
+        (Ok(code), None) => ExitCode::from(code as u8),
+        (Err(error), _) => {
             log::error!("{error:#}");
             ExitCode::from(error::exit_code_for(&error) as u8)
         }

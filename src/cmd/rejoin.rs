@@ -11,6 +11,7 @@ use clap::Args;
 use crate::error::{ConfigError, EXIT_OK};
 use crate::node::{find_local_address, Node};
 use crate::standby::rejoin::{rejoin, RejoinOptions, Rejoined};
+use crate::standby::streaming::not_streaming_yet;
 use crate::standby::StandbyContext;
 
 #[derive(Debug, Args)]
@@ -95,14 +96,4 @@ impl RejoinArgs {
         }
         Ok(EXIT_OK)
     }
-}
-
-/// The note for a standby that runs in recovery but did not stream within the timeout.
-pub fn not_streaming_yet(cluster: &crate::debian::Cluster, config: &crate::config::Config) -> String {
-    format!(
-        "cluster {} runs as a standby of {} but does not stream yet: it may still be replaying, or the primary is \
-         out of reach; nothing was undone, and `pgha status` shows when it streams",
-        cluster.id(),
-        config.primary.address
-    )
 }

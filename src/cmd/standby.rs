@@ -13,7 +13,7 @@ use crate::node::{find_local_address, Node};
 use crate::notify::notify_status;
 use crate::standby::clone::clone_standby;
 use crate::standby::preflight::{identify_primary, preflight};
-use crate::standby::streaming::wait_streaming_from_primary;
+use crate::standby::streaming::{not_streaming_yet, wait_streaming_from_primary};
 use crate::standby::StandbyContext;
 use crate::upstream::{write_passfile, PrivatePassfile};
 
@@ -116,7 +116,7 @@ impl StandbyArgs {
                 report.elapsed.as_secs_f64()
             )
         } else {
-            crate::cmd::rejoin::not_streaming_yet(cluster, config)
+            not_streaming_yet(cluster, config)
         };
         notify_status(&summary);
         println!("{summary}");

@@ -104,12 +104,6 @@ pub fn check_swappable(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The directory holding the data directory, and the data directory's own name. Everything
-/// below goes through this handle: the parent is usually postgres' (/var/lib/postgresql/VERSION).
-fn beside(data_dir: &Path) -> Result<(Dir, OsString)> {
-    open_parent(data_dir)
-}
-
 fn name_of(path: &Path) -> Result<OsString> {
     Ok(path.file_name().with_context(|| format!("{} names no directory", path.display()))?.to_os_string())
 }
@@ -124,7 +118,7 @@ fn postgres_only() -> Result<Ownership> {
 /// followed, and the new directory is created exclusively.
 pub fn fresh_staging(data_dir: &Path) -> Result<PathBuf> {
     let staging = staging_path(data_dir);
-    let (parent, _) = beside(data_dir)?;
+    let (parent, _) = open_parent(data_dir)?;
     let name = name_of(&staging)?;
     if parent.stat(&name)?.is_some() {
         log::warn!("removing {} left by an interrupted clone", staging.display());
@@ -147,7 +141,7 @@ pub fn remove_staging(staging: &Path) -> Result<()> {
 /// Moves the data directory aside and staging into its place. Returns where the old one went.
 /// Neither rename replaces anything: a name planted meanwhile makes the swap fail, not vanish.
 pub fn swap_in(data_dir: &Path, staging: &Path) -> Result<Option<PathBuf>> {
-    let (parent, data_name) = beside(data_dir)?;
+    let (parent, data_name) = open_parent(data_dir)?;
     let staging_name = name_of(staging)?;
     let old = match parent.stat(&data_name)? {
         Some(_) => {
@@ -172,7 +166,7 @@ pub fn swap_in(data_dir: &Path, staging: &Path) -> Result<Option<PathBuf>> {
 /// Undoes `swap_in` after the new copy failed: the copy goes (it is only the primary's data,
 /// nothing of this host's is lost) and the old data directory comes back.
 pub fn swap_back(data_dir: &Path, old: Option<&Path>) -> Result<()> {
-    let (parent, data_name) = beside(data_dir)?;
+    let (parent, data_name) = open_parent(data_dir)?;
     let failed = name_of(&failed_path(data_dir))?;
     if parent.stat(&failed)?.is_some() {
         parent.remove_tree(&failed)?;
@@ -199,7 +193,7 @@ pub fn copy_aside(data_dir: &Path) -> Result<PathBuf> {
         "free some space, or run `pgha rejoin --no-keep-copy` to keep only the diverged WAL",
     )?;
     log::info!("copying {} ({} MB) to {} before pg_rewind", data_dir.display(), size >> 20, copy.display());
-    let (parent, data_name) = beside(data_dir)?;
+    let (parent, data_name) = open_parent(data_dir)?;
     let copy_name = name_of(&copy)?;
     let source = parent.open_dir(&data_name)?;
     let target = parent.create_dir(&copy_name, postgres_only()?)?;
@@ -214,7 +208,7 @@ pub fn copy_aside(data_dir: &Path) -> Result<PathBuf> {
 /// planted at the name is used. The WAL goes in as postgres (`tools::copy_as_postgres`).
 pub fn create_fork_dir(data_dir: &Path) -> Result<PathBuf> {
     let fork = fork_path(data_dir, SystemTime::now());
-    let (parent, _) = beside(data_dir)?;
+    let (parent, _) = open_parent(data_dir)?;
     parent.create_dir(name_of(&fork)?, postgres_only()?)?.sync()?;
     Ok(fork)
 }

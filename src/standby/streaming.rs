@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::config::Config;
+use crate::debian::Cluster;
 use crate::notify::notify_status;
 use crate::standby::StandbyContext;
 use crate::tools::pg_controldata;
@@ -103,4 +105,14 @@ pub fn wait_streaming_from_primary(
         Ok(wal_receiver_streaming(context)?.then_some(true))
     })?;
     Ok(answer.unwrap_or(false))
+}
+
+/// The note for a standby that runs in recovery but did not stream within the timeout.
+pub fn not_streaming_yet(cluster: &Cluster, config: &Config) -> String {
+    format!(
+        "cluster {} runs as a standby of {} but does not stream yet: it may still be replaying, or the primary is \
+         out of reach; nothing was undone, and `pgha status` shows when it streams",
+        cluster.id(),
+        config.primary.address
+    )
 }
