@@ -24,7 +24,7 @@ use crate::standby::slots::ensure_slot;
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
 use crate::tools::psql::{classify_failure, query, query_bool, query_value, Target};
 use crate::tools::retry_until_ok;
-use crate::upstream::sql_target;
+use crate::upstream::primary_client_conninfo;
 use crate::version::PgVersion;
 
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -134,10 +134,9 @@ fn refuse_if_primary_alive(config: &Config, version: PgVersion, local: &Target) 
     if streaming {
         bail!("refusing to promote: this standby is streaming from the configured primary {primary} right now, so it is up; {consequence}; {advice}");
     }
-    // A primary that is gone often does not even refuse the connection: keep the wait short.
-    let Target::Remote { conninfo } = sql_target(config, &config.replication.passfile, version) else {
-        unreachable!("sql_target is a remote target")
-    };
+    // A primary that is gone often does not even refuse the connection: keep the wait short
+    // (libpq takes the last of a repeated keyword).
+    let conninfo = primary_client_conninfo(config, &config.replication.passfile, version, "postgres");
     let remote = Target::Remote { conninfo: format!("{conninfo} connect_timeout=3") };
     match query_bool(&remote, "SELECT pg_is_in_recovery()") {
         Ok(true) => {
