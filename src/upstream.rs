@@ -2,7 +2,6 @@
 //! carry the replication password (the real one the wal receiver uses, and a private one per
 //! run). The password never appears in a conninfo, an argument or the environment.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
@@ -10,6 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use crate::config::{Config, Password, SslMode};
 use crate::files::apply::write_atomic;
 use crate::files::plan::{file_change, FileChange, Ownership};
+use crate::files::secure::{open_parent, Dir};
 use crate::host::postgres_account;
 use crate::password::passfile_line;
 use crate::quote::conninfo_quote;
@@ -135,19 +135,23 @@ impl PrivatePassfile {
 
 impl Drop for PrivatePassfile {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        if let Ok((dir, name)) = open_parent(&self.path) {
+            let _ = dir.remove_file(name);
+        }
     }
 }
 
+/// Removes the private passfiles of runs that are gone. The directory may be postgres', so it is
+/// read and changed through a handle, never by path.
 fn remove_stale_private_passfiles(dir: &Path, prefix: &str) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    let Ok(dir) = Dir::open_following_root_links(dir) else { return };
+    for name in dir.list().unwrap_or_default() {
+        let text = name.to_string_lossy();
         let pid =
-            name.strip_prefix(prefix).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
+            text.strip_prefix(prefix).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
         let Some(pid) = pid else { continue };
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_file(entry.path());
+            let _ = dir.remove_file(&name);
         }
     }
 }
