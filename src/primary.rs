@@ -46,6 +46,7 @@ pub fn prepare(config: &Config, cluster: &Cluster, password: &Password) -> Resul
         config_dir: cluster.config_dir.clone(),
         data_dir: cluster.data_dir.clone(),
         own_address: config.primary.address,
+        upstream_address: config.primary.address,
         local_ssl: ssl,
         primary_settings: None,
     };

@@ -45,6 +45,9 @@ pub struct Facts {
     pub data_dir: PathBuf,
     /// This node's own address from the config.
     pub own_address: IpAddr,
+    /// The member a standby streams from: the primary the members named, which need not be
+    /// `[primary] address`. A primary's own address.
+    pub upstream_address: IpAddr,
     /// `ssl` on the local server: decides hostssl or host in pg_hba.conf.
     pub local_ssl: bool,
     pub primary_settings: Option<HotStandbySettings>,
@@ -52,12 +55,13 @@ pub struct Facts {
 
 impl Facts {
     /// Debian's defaults for a cluster that could not be asked: ssl on, the standard paths.
-    pub fn assumed(version: PgVersion, cluster_name: &str, own_address: IpAddr) -> Facts {
+    pub fn assumed(version: PgVersion, cluster_name: &str, own_address: IpAddr, upstream_address: IpAddr) -> Facts {
         Facts {
             version,
             config_dir: PathBuf::from(format!("/etc/postgresql/{version}/{cluster_name}")),
             data_dir: PathBuf::from(format!("/var/lib/postgresql/{version}/{cluster_name}")),
             own_address,
+            upstream_address,
             local_ssl: true,
             primary_settings: None,
         }
@@ -142,7 +146,7 @@ fn engine() -> Result<tera::Tera> {
 /// The primary_conninfo a standby uses: a passfile, never the password itself.
 pub fn primary_conninfo(config: &Config, facts: &Facts) -> String {
     let mut parts = vec![
-        format!("host={}", conninfo_quote(&config.primary.address.to_string())),
+        format!("host={}", conninfo_quote(&facts.upstream_address.to_string())),
         format!("port={}", config.primary.port),
         format!("user={}", conninfo_quote(&config.replication.user)),
         format!("passfile={}", conninfo_quote(&config.replication.passfile.display().to_string())),

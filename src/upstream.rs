@@ -2,6 +2,7 @@
 //! carry the replication password (the real one the wal receiver uses, and a private one per
 //! run). The password never appears in a conninfo, an argument or the environment.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
@@ -23,12 +24,19 @@ use crate::version::PgVersion;
 const DEAD_PEER_DETECTION: &str =
     "keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3 tcp_user_timeout=15000";
 
-/// A conninfo for the primary: the password comes from `passfile`, never from the string.
+/// A conninfo for the primary at `primary` (the member that is primary now, which need not be
+/// `[primary] address`): the password comes from `passfile`, never from the string.
 /// `server` is the primary's major version (preflight refuses any other than the local
 /// cluster's): it decides whether the login can be bound to the TLS session.
-pub fn primary_client_conninfo(config: &Config, passfile: &Path, server: PgVersion, dbname: &str) -> String {
+pub fn primary_client_conninfo(
+    config: &Config,
+    primary: IpAddr,
+    passfile: &Path,
+    server: PgVersion,
+    dbname: &str,
+) -> String {
     let mut parts = vec![
-        format!("host={}", conninfo_quote(&config.primary.address.to_string())),
+        format!("host={}", conninfo_quote(&primary.to_string())),
         format!("port={}", config.primary.port),
         format!("user={}", conninfo_quote(&config.replication.user)),
         format!("dbname={}", conninfo_quote(dbname)),
@@ -46,24 +54,24 @@ pub fn primary_client_conninfo(config: &Config, passfile: &Path, server: PgVersi
 }
 
 /// An SQL connection to the primary's postgres database.
-pub fn sql_target(config: &Config, passfile: &Path, server: PgVersion) -> Target {
-    Target::Remote { conninfo: primary_client_conninfo(config, passfile, server, "postgres") }
+pub fn sql_target(config: &Config, primary: IpAddr, passfile: &Path, server: PgVersion) -> Target {
+    Target::Remote { conninfo: primary_client_conninfo(config, primary, passfile, server, "postgres") }
 }
 
 /// A physical replication connection to the primary (IDENTIFY_SYSTEM and the like).
-pub fn replication_target(config: &Config, passfile: &Path, server: PgVersion) -> Target {
-    let conninfo = primary_client_conninfo(config, passfile, server, "replication");
+pub fn replication_target(config: &Config, primary: IpAddr, passfile: &Path, server: PgVersion) -> Target {
+    let conninfo = primary_client_conninfo(config, primary, passfile, server, "replication");
     Target::Remote { conninfo: format!("{conninfo} replication=true") }
 }
 
 /// Says so when the admin turned TLS off although the primary offers it: the choice stands,
 /// but it should be a known one.
-pub fn warn_if_unencrypted(config: &Config, primary_ssl: bool) {
+pub fn warn_if_unencrypted(config: &Config, primary: IpAddr, primary_ssl: bool) {
     if config.replication.sslmode == SslMode::Disable && primary_ssl {
         log::warn!(
             "replication.sslmode = \"disable\": the primary {} has ssl on, yet WAL and the replication login \
              cross the network unencrypted",
-            config.primary.address
+            primary
         );
     }
 }
@@ -160,14 +168,14 @@ fn remove_stale_private_passfiles(dir: &Path, prefix: &str) {
 /// primary sees this host as.
 pub fn login_failure(
     config: &Config,
-    own_address: std::net::IpAddr,
+    primary: IpAddr,
+    own_address: IpAddr,
     what: &str,
     error: anyhow::Error,
 ) -> anyhow::Error {
     let text = format!("{error:#}");
     let user = &config.replication.user;
-    let primary = config.primary.address;
-    if let Some(hint) = tls_failure(config, &text) {
+    if let Some(hint) = tls_failure(config, primary, &text) {
         return anyhow!("preflight: {what}: {hint}\n({})", text.trim());
     }
     let hint = match classify_failure(&text) {
@@ -186,8 +194,7 @@ pub fn login_failure(
 
 /// libpq's own words when TLS or channel binding stopped the login, explained with the key the
 /// admin can change. None when the failure is about something else.
-fn tls_failure(config: &Config, text: &str) -> Option<String> {
-    let primary = config.primary.address;
+fn tls_failure(config: &Config, primary: IpAddr, text: &str) -> Option<String> {
     let sslmode = config.replication.sslmode.as_str();
     let ca = match &config.replication.sslrootcert {
         Some(file) => format!("the CA in replication.sslrootcert ({})", file.display()),
@@ -246,22 +253,31 @@ mod tests {
     fn auto_connects_with_tls_required_and_binds_the_login_from_11() {
         let config = config("");
         let passfile = Path::new("/var/lib/postgresql/.pgha.pgpass");
-        let v15 = primary_client_conninfo(&config, passfile, PgVersion::new(15, 0), "postgres");
+        let v15 = primary_client_conninfo(&config, config.primary.address, passfile, PgVersion::new(15, 0), "postgres");
         assert!(v15.contains(" sslmode=require channel_binding=require "), "{v15}");
         assert!(!v15.contains("prefer"), "{v15}");
-        let v10 = primary_client_conninfo(&config, passfile, PgVersion::new(10, 0), "postgres");
+        let v10 = primary_client_conninfo(&config, config.primary.address, passfile, PgVersion::new(10, 0), "postgres");
         assert!(v10.contains(" sslmode=require ") && !v10.contains("channel_binding"), "{v10}");
     }
 
     #[test]
     fn tls_failures_name_the_key_to_change() {
         let config = config("");
-        let refused = tls_failure(&config, "psql: error: server does not support SSL, but SSL was required").unwrap();
+        let refused = tls_failure(
+            &config,
+            config.primary.address,
+            "psql: error: server does not support SSL, but SSL was required",
+        )
+        .unwrap();
         assert!(refused.contains("replication.sslmode = \"disable\"") && refused.contains("192.0.2.10"), "{refused}");
-        let unknown_ca = tls_failure(&config, "SSL error: certificate verify failed").unwrap();
+        let unknown_ca = tls_failure(&config, config.primary.address, "SSL error: certificate verify failed").unwrap();
         assert!(unknown_ca.contains("replication.sslrootcert"), "{unknown_ca}");
-        let name = tls_failure(&config, "server certificate for \"db\" does not match host name \"192.0.2.10\"");
+        let name = tls_failure(
+            &config,
+            config.primary.address,
+            "server certificate for \"db\" does not match host name \"192.0.2.10\"",
+        );
         assert!(name.unwrap().contains("subjectAltName"));
-        assert!(tls_failure(&config, "password authentication failed for user").is_none());
+        assert!(tls_failure(&config, config.primary.address, "password authentication failed for user").is_none());
     }
 }

@@ -136,7 +136,8 @@ fn refuse_if_primary_alive(config: &Config, version: PgVersion, local: &Target) 
     }
     // A primary that is gone often does not even refuse the connection: keep the wait short
     // (libpq takes the last of a repeated keyword).
-    let conninfo = primary_client_conninfo(config, &config.replication.passfile, version, "postgres");
+    let conninfo =
+        primary_client_conninfo(config, config.primary.address, &config.replication.passfile, version, "postgres");
     let remote = Target::Remote { conninfo: format!("{conninfo} connect_timeout=3") };
     match query_bool(&remote, "SELECT pg_is_in_recovery()") {
         Ok(true) => {

@@ -56,7 +56,8 @@ impl RejoinArgs {
             ConfigError::key(config_path, "standby.addresses", "none of them is an address of this host")
         })?;
         crate::lock::take_for_run(&cluster.id(), "pgha rejoin", self.wait)?;
-        let context = StandbyContext { config, cluster, password: &password, own_address };
+        let context =
+            StandbyContext { config, cluster, password: &password, own_address, primary: config.primary.address };
         let options = RejoinOptions {
             full_clone: self.full_clone,
             keep_copy: !self.no_keep_copy,
@@ -64,33 +65,33 @@ impl RejoinArgs {
         };
         match rejoin(&context, &options)? {
             Rejoined::AlreadyStreaming => {
-                println!("nothing to do: cluster {} already streams from {}", cluster.id(), config.primary.address);
+                println!("nothing to do: cluster {} already streams from {}", cluster.id(), context.primary);
             }
             Rejoined::Rewound { rewound, elapsed } => {
                 println!(
                     "cluster {} rejoined as a standby of {} with pg_rewind in {:.1}s",
                     cluster.id(),
-                    config.primary.address,
+                    context.primary,
                     elapsed.as_secs_f64()
                 );
                 if let Some(note) = rewound.fork_note {
                     println!("{note}");
                 }
                 if !rewound.streaming {
-                    println!("{}", not_streaming_yet(cluster, config));
+                    println!("{}", not_streaming_yet(&context));
                 }
             }
             Rejoined::Cloned { report, elapsed } => {
                 println!(
                     "cluster {} rejoined as a standby of {} by a full clone in {:.1}s ({} MB)",
                     cluster.id(),
-                    config.primary.address,
+                    context.primary,
                     elapsed.as_secs_f64(),
                     report.cloned_bytes >> 20
                 );
                 report.print_kept_data_dir();
                 if !report.streaming {
-                    println!("{}", not_streaming_yet(cluster, config));
+                    println!("{}", not_streaming_yet(&context));
                 }
             }
         }

@@ -35,7 +35,7 @@ impl RenderArgs {
             },
         };
         let name = config.cluster.name.clone().unwrap_or_else(|| "main".into());
-        let facts = Facts::assumed(version, &name, own_address);
+        let facts = Facts::assumed(version, &name, own_address, config.primary.address);
         let files = render(self.role, &config, &facts)?;
         match self.root {
             None => print!("{}", format_listing(&files)),

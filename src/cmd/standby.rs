@@ -58,7 +58,8 @@ impl StandbyArgs {
         if !self.dry_run {
             crate::lock::take_for_run(&cluster.id(), "pgha standby", self.wait)?;
         }
-        let context = StandbyContext { config, cluster, password: &password, own_address };
+        let context =
+            StandbyContext { config, cluster, password: &password, own_address, primary: config.primary.address };
         let passfile = PrivatePassfile::new(config, &password)?;
         let system_identifier = identify_primary(&context, &passfile.path)?;
         // The configured password was just proven against the primary, so a rotated password can
@@ -73,10 +74,10 @@ impl StandbyArgs {
             log::info!(
                 "cluster {} already streams from {} (system identifier {system_identifier}): nothing to do",
                 cluster.id(),
-                config.primary.address
+                context.primary
             );
             let summary =
-                format!("nothing to do: cluster {} already streams from {}", cluster.id(), config.primary.address);
+                format!("nothing to do: cluster {} already streams from {}", cluster.id(), context.primary);
             notify_status(&summary);
             println!("{summary}");
             return Ok(EXIT_OK);
@@ -86,7 +87,7 @@ impl StandbyArgs {
         let timeout = self.timeout.unwrap_or(config.standby.streaming_timeout);
         if self.dry_run {
             let size = primary.database_bytes.map_or("unknown size".to_string(), |b| format!("{} MB", b >> 20));
-            println!("preflight passed: primary {} runs PostgreSQL {}", config.primary.address, primary.version);
+            println!("preflight passed: primary {} runs PostgreSQL {}", context.primary, primary.version);
             println!("would stop cluster {} (if running)", cluster.id());
             println!(
                 "would clone the primary ({size}) into {} with pg_basebackup -X stream --checkpoint=fast{}",
@@ -111,12 +112,12 @@ impl StandbyArgs {
             format!(
                 "cluster {} streams from {} ({} MB cloned in {:.1}s)",
                 cluster.id(),
-                config.primary.address,
+                context.primary,
                 report.cloned_bytes >> 20,
                 report.elapsed.as_secs_f64()
             )
         } else {
-            not_streaming_yet(cluster, config)
+            not_streaming_yet(&context)
         };
         notify_status(&summary);
         println!("{summary}");

@@ -127,7 +127,7 @@ pub fn primary_target(config_path: &Path, config: &Config) -> Result<(Target, St
     }
     // The local cluster's version is the primary's: it decides whether the login is bound to TLS.
     let version = Node::for_config(config.clone())?.cluster.version;
-    let target = sql_target(config, &config.replication.passfile, version);
+    let target = sql_target(config, primary, &config.replication.passfile, version);
     // Fail early with a clear message instead of at the first real query.
     query_value(&target, "SELECT 1")
         .with_context(|| format!("cannot connect to the primary {primary}:{}", config.primary.port))?;

@@ -96,8 +96,8 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
     let started = Instant::now();
     let cluster = context.cluster;
     let passfile = PrivatePassfile::new(context.config, context.password)?;
-    warn_if_unencrypted(context.config, primary.ssl);
-    let remote = sql_target(context.config, &passfile.path, primary.version);
+    warn_if_unencrypted(context.config, context.primary, primary.ssl);
+    let remote = sql_target(context.config, context.primary, &passfile.path, primary.version);
     let was_running = is_online(cluster)?;
     let staging = crate::files::datadir::staging_path(&cluster.data_dir);
 
@@ -150,7 +150,7 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
     };
 
     notify_status("starting the standby");
-    log::info!("starting cluster {} as a standby of {}", cluster.id(), context.config.primary.address);
+    log::info!("starting cluster {} as a standby of {}", cluster.id(), context.primary);
     let came_up = invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| {
         log::info!("cluster {} is up; waiting for it to stream", cluster.id());
         confirm_standby(context, timeout)
@@ -205,14 +205,14 @@ fn run_basebackup(
         cluster,
         conninfo: format!(
             "{} application_name={}_clone",
-            primary_client_conninfo(context.config, passfile, primary.version, "replication"),
+            primary_client_conninfo(context.config, context.primary, passfile, primary.version, "replication"),
             standby_name(context.own_address)
         ),
         pgdata: staging.to_path_buf(),
         slot: context.slot_name(),
         create_slot: slot_plan == SlotPlan::Create && cluster.version.basebackup_can_create_slot(),
     };
-    log::info!("cloning {} into {}", context.config.primary.address, staging.display());
+    log::info!("cloning {} into {}", context.primary, staging.display());
     notify_status("cloning: waiting for the primary's checkpoint");
     let mut last_logged: Option<(u32, Instant)> = None;
     invoke_pg_basebackup(
@@ -259,6 +259,7 @@ fn standby_facts(context: &StandbyContext, settings: Option<HotStandbySettings>)
         config_dir: cluster.config_dir.clone(),
         data_dir: cluster.data_dir.clone(),
         own_address: context.own_address,
+        upstream_address: context.primary,
         local_ssl,
         primary_settings: settings,
     }

@@ -20,13 +20,15 @@ pub mod slots;
 pub mod streaming;
 
 /// Everything a standby workflow knows about this host: the config, the cluster, the password,
-/// and the address the primary sees this host as.
+/// the address the primary sees this host as, and the primary it follows.
 #[derive(Clone, Copy)]
 pub struct StandbyContext<'a> {
     pub config: &'a Config,
     pub cluster: &'a Cluster,
     pub password: &'a Password,
     pub own_address: IpAddr,
+    /// The member this host follows: the primary the members named.
+    pub primary: IpAddr,
 }
 
 impl StandbyContext<'_> {
@@ -36,14 +38,14 @@ impl StandbyContext<'_> {
 
     // Preflight refuses a primary of another major version than this cluster's.
     fn remote(&self, passfile: &Path) -> Target {
-        sql_target(self.config, passfile, self.cluster.version)
+        sql_target(self.config, self.primary, passfile, self.cluster.version)
     }
 
     fn replication(&self, passfile: &Path) -> Target {
-        replication_target(self.config, passfile, self.cluster.version)
+        replication_target(self.config, self.primary, passfile, self.cluster.version)
     }
 
     fn login_failure(&self, what: &str, error: anyhow::Error) -> anyhow::Error {
-        login_failure(self.config, self.own_address, what, error)
+        login_failure(self.config, self.primary, self.own_address, what, error)
     }
 }

@@ -48,7 +48,7 @@ pub fn parse_platform(version_string: &str) -> Option<(String, String)> {
 /// is its standby. Changes nothing anywhere.
 pub fn identify_primary(context: &StandbyContext, passfile: &Path) -> Result<String> {
     let config = context.config;
-    let socket = SocketAddr::new(config.primary.address, config.primary.port);
+    let socket = SocketAddr::new(context.primary, config.primary.port);
     TcpStream::connect_timeout(&socket, Duration::from_secs(5)).map_err(|error| {
         anyhow!(
             "preflight: the primary {socket} is unreachable over TCP ({error}): check that its cluster runs, \
@@ -67,7 +67,6 @@ pub fn identify_primary(context: &StandbyContext, passfile: &Path) -> Result<Str
 /// The rest of the preflight, for a clone: version, platform, wal_level, walsenders, slot,
 /// free space. Changes nothing anywhere.
 pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: String) -> Result<PrimaryFacts> {
-    let config = context.config;
     let cluster = context.cluster;
     let remote = context.remote(passfile);
     let rows = query(
@@ -90,7 +89,7 @@ pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: S
         bail!(
             "preflight: the primary {} runs PostgreSQL {version} and this host's cluster {} is {}: \
              a standby needs the same major version (create a {version} cluster here, or set cluster.version)",
-            config.primary.address,
+            context.primary,
             cluster.id(),
             cluster.version
         );
@@ -99,7 +98,7 @@ pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: S
     if !matches!(wal_level.as_str(), "replica" | "logical" | "hot_standby") {
         bail!(
             "preflight: the primary's wal_level is {wal_level}: expected replica or logical; run `pgha primary` on {}",
-            config.primary.address
+            context.primary
         );
     }
     let max_wal_senders: u32 = max_wal_senders.parse().context("max_wal_senders")?;

@@ -34,11 +34,11 @@ pub fn rejoin(context: &StandbyContext, options: &RejoinOptions) -> Result<Rejoi
     let config = context.config;
     let passfile = PrivatePassfile::new(config, context.password)?;
     let system_identifier = identify_primary(context, &passfile.path)?;
-    let remote = sql_target(config, &passfile.path, context.cluster.version);
+    let remote = sql_target(config, context.primary, &passfile.path, context.cluster.version);
     if query_bool(&remote, "SELECT pg_is_in_recovery()")? {
         bail!(
             "the configured primary {} is in recovery: promote it first (`pgha promote` there)",
-            config.primary.address
+            context.primary
         );
     }
     if !options.full_clone && wait_streaming_from_primary(context, &system_identifier, RECONNECT_PATIENCE)? {

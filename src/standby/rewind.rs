@@ -157,7 +157,7 @@ pub fn rewind(
 ) -> Result<Rewound> {
     let cluster = context.cluster;
     shut_down_cleanly(context, primary)?;
-    let conninfo = primary_client_conninfo(context.config, passfile, primary.version, "postgres");
+    let conninfo = primary_client_conninfo(context.config, context.primary, passfile, primary.version, "postgres");
     let dry = pg_rewind::plan(cluster, &conninfo)?;
     if dry.same_timeline {
         let local_timeline = pg_controldata::read(cluster.version, &cluster.data_dir)?.timeline.to_string();
@@ -177,7 +177,7 @@ pub fn rewind(
         fork_note = Some(format!(
             "this host had diverged from {} at {lsn} on timeline {timeline}; what it wrote after that point is not \
              on the primary and is no longer in this cluster: its WAL is kept in {}",
-            context.config.primary.address,
+            context.primary,
             fork.display()
         ));
         if keep_copy {
@@ -185,7 +185,7 @@ pub fn rewind(
             fork_note = fork_note
                 .map(|note| format!("{note}; the whole data directory as it was is kept in {}", copy.display()));
         }
-        log::info!("running pg_rewind from {}", context.config.primary.address);
+        log::info!("running pg_rewind from {}", context.primary);
         let output = invoke_pg_rewind(cluster, &conninfo, false)?;
         add_note(&fork, "pg_rewind.log", &output)?;
         for line in output.lines().filter(|line| !line.trim().is_empty()) {
@@ -199,7 +199,7 @@ pub fn rewind(
     write_config_files(context, primary, &cluster.data_dir, &mut transaction)?;
     // A standby's files stay whatever happens next: rejoin either finishes or clones, which rewrites them.
     transaction.commit();
-    log::info!("starting cluster {} as a standby of {}", cluster.id(), context.config.primary.address);
+    log::info!("starting cluster {} as a standby of {}", cluster.id(), context.primary);
     let started_as = invoke_pg_ctlcluster(cluster, ClusterAction::Start)
         .and_then(|()| confirm_standby(context, timeout))
         .map_err(|error| {

@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::Config;
-use crate::debian::Cluster;
 use crate::notify::notify_status;
 use crate::standby::StandbyContext;
 use crate::tools::pg_controldata;
@@ -49,7 +47,7 @@ pub fn confirm_standby(context: &StandbyContext, timeout: Duration) -> Result<St
         log::warn!(
             "the standby did not stream from {} within {}s (standby.streaming_timeout); it is kept: \
              `pgha status` shows when it streams",
-            context.config.primary.address,
+            context.primary,
             timeout.as_secs()
         );
         Ok(StandbyStarted::NotStreamingYet)
@@ -67,13 +65,13 @@ pub fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result
         Ok(wal_receiver_streaming(context).unwrap_or(false).then_some(()))
     })?;
     if streaming.is_some() {
-        log::info!("cluster {} streams from {}", context.cluster.id(), context.config.primary.address);
+        log::info!("cluster {} streams from {}", context.cluster.id(), context.primary);
     }
     Ok(streaming.is_some())
 }
 
 fn wal_receiver_streaming(context: &StandbyContext) -> Result<bool> {
-    let host = format!("host={}", context.config.primary.address);
+    let host = format!("host={}", context.primary);
     let rows =
         query(&Target::local(context.cluster), "SELECT status, coalesce(conninfo, '') FROM pg_stat_wal_receiver")?;
     Ok(rows.iter().any(|row| {
@@ -108,11 +106,11 @@ pub fn wait_streaming_from_primary(
 }
 
 /// The note for a standby that runs in recovery but did not stream within the timeout.
-pub fn not_streaming_yet(cluster: &Cluster, config: &Config) -> String {
+pub fn not_streaming_yet(context: &StandbyContext) -> String {
     format!(
         "cluster {} runs as a standby of {} but does not stream yet: it may still be replaying, or the primary is \
          out of reach; nothing was undone, and `pgha status` shows when it streams",
-        cluster.id(),
-        config.primary.address
+        context.cluster.id(),
+        context.primary
     )
 }
