@@ -17,6 +17,7 @@ mod health;
 mod host;
 mod lock;
 mod logging;
+mod members;
 mod node;
 mod notify;
 mod password;

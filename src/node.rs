@@ -61,19 +61,19 @@ impl Node {
     }
 }
 
-/// Refuses to go on unless `address` is configured on this host: the guard against running
-/// a role's command on the wrong machine.
-pub fn require_local_address(config_path: &Path, key: &str, address: IpAddr) -> Result<()> {
+/// This host's address among the members (`[primary] address` and `[standby] addresses`): the
+/// guard against running `command` on a machine that is not one of them.
+pub fn require_member_address(config: &Config, command: &str) -> Result<IpAddr> {
     let local = local_addresses()?;
-    if local.contains(&address) {
-        return Ok(());
+    if let Some(address) = config.node_addresses().into_iter().find(|address| local.contains(address)) {
+        return Ok(address);
     }
     let have: Vec<String> = local.iter().map(ToString::to_string).collect();
-    Err(ConfigError::key(
-        config_path,
-        key,
+    Err(ConfigError::in_file(
+        &config.path,
         format!(
-            "{address} is not an address of this host (it has {}): run this command on the host that owns it",
+            "none of [primary] address and [standby] addresses is an address of this host (it has {}): \
+             run `{command}` on a member, or add this host's address to standby.addresses",
             have.join(", ")
         ),
     )

@@ -4,6 +4,7 @@
 //! everything back on any failure.
 
 use std::fs;
+use std::net::IpAddr;
 
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ pub struct PrimaryPlan {
 
 /// Checks the host and computes the plan; changes nothing. All of the admin's input was checked
 /// before (the config and password were read), so a refusal here is about the host.
-pub fn prepare(config: &Config, cluster: &Cluster, password: &Password) -> Result<PrimaryPlan> {
+pub fn prepare(config: &Config, cluster: &Cluster, password: &Password, own_address: IpAddr) -> Result<PrimaryPlan> {
     let target = Target::local(cluster);
     if query_bool(&target, "SELECT pg_is_in_recovery()")? {
         bail!(
@@ -45,8 +46,8 @@ pub fn prepare(config: &Config, cluster: &Cluster, password: &Password) -> Resul
         version: cluster.version,
         config_dir: cluster.config_dir.clone(),
         data_dir: cluster.data_dir.clone(),
-        own_address: config.primary.address,
-        upstream_address: config.primary.address,
+        own_address,
+        upstream_address: own_address,
         local_ssl: ssl,
         primary_settings: None,
     };
@@ -103,6 +104,7 @@ pub fn plan(config: &Config, cluster: &Cluster, facts: &Facts, target: &Target, 
     }
     plan.steps.extend(role_step(config, cluster, target, password)?);
     plan.steps.extend(rewind_grants_step(config, cluster, target)?);
+    plan.steps.extend(statistics_grant_step(config, cluster, target)?);
     Ok(plan)
 }
 
@@ -207,6 +209,28 @@ fn quiet_session(version: PgVersion) -> String {
         settings.push("log_min_duration_sample = -1");
     }
     settings.iter().map(|setting| format!("SET {setting};\n")).collect()
+}
+
+/// From 10, pg_read_all_stats lets the replication role see whether another member's WAL
+/// receiver streams (`pgha promote` asks before it promotes). The role can already copy every
+/// byte of the cluster through the replication protocol; statistics add nothing to that.
+fn statistics_grant_step(config: &Config, cluster: &Cluster, target: &Target) -> Result<Option<Step>> {
+    if cluster.version < PgVersion::new(10, 0) {
+        return Ok(None);
+    }
+    let user = sql_literal(&config.replication.user);
+    let missing = query_bool(
+        target,
+        &format!(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {user}) \
+             THEN NOT pg_has_role({user}, 'pg_read_all_stats', 'MEMBER') ELSE true END"
+        ),
+    )?;
+    if !missing {
+        return Ok(None);
+    }
+    let statement = format!("GRANT pg_read_all_stats TO {}", sql_identifier(&config.replication.user));
+    Ok(Some(Step::Sql { shown: statement.clone(), sql: format!("{statement};\n") }))
 }
 
 /// From 11, pg_rewind can use a non-superuser source connection given these functions; granting

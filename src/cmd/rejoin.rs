@@ -5,14 +5,15 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::error::{ConfigError, EXIT_OK};
-use crate::node::{find_local_address, Node};
+use crate::error::EXIT_OK;
+use crate::node::{require_member_address, Node};
 use crate::standby::rejoin::{rejoin, RejoinOptions, Rejoined};
 use crate::standby::streaming::not_streaming_yet;
-use crate::standby::StandbyContext;
+use crate::standby::{find_upstream, StandbyContext, Upstream};
+use crate::upstream::PrivatePassfile;
 
 #[derive(Debug, Args)]
 pub struct RejoinArgs {
@@ -40,24 +41,19 @@ impl RejoinArgs {
         let node = Node::load(config_path)?;
         let (config, cluster) = (&node.config, &node.cluster);
         let password = config.read_password()?;
-        if find_local_address(&[config.primary.address])?.is_some() {
-            return Err(ConfigError::key(
-                config_path,
-                "primary.address",
-                format!(
-                    "{} is this host: rejoin makes this host a standby of the current primary, so [primary] must name \
-                     that one; apply the change `pgha promote` printed on the new primary",
-                    config.primary.address
-                ),
-            )
-            .into());
-        }
-        let own_address = find_local_address(&config.standby.addresses)?.ok_or_else(|| {
-            ConfigError::key(config_path, "standby.addresses", "none of them is an address of this host")
-        })?;
+        let own_address = require_member_address(config, "pgha rejoin")?;
         crate::lock::take_for_run(&cluster.id(), "pgha rejoin", self.wait)?;
-        let context =
-            StandbyContext { config, cluster, password: &password, own_address, primary: config.primary.address };
+        let passfile = PrivatePassfile::new(config, &password)?;
+        let primary = match find_upstream(config, cluster, &passfile.path, own_address)? {
+            Upstream::Primary(address) => address,
+            Upstream::ThisHost(members) => bail!(
+                "cluster {} on {own_address} is the primary of the members: there is nothing to rejoin; to make \
+                 it a standby, promote another member first (`pgha switchover` or `pgha promote` there)\n{members}",
+                cluster.id()
+            ),
+        };
+        drop(passfile);
+        let context = StandbyContext { config, cluster, password: &password, own_address, primary };
         let options = RejoinOptions {
             full_clone: self.full_clone,
             keep_copy: !self.no_keep_copy,

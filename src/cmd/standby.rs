@@ -4,17 +4,17 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use clap::Args;
 
 use crate::error::EXIT_OK;
 use crate::files::datadir::{old_path, staging_path};
-use crate::node::{find_local_address, Node};
+use crate::node::{require_member_address, Node};
 use crate::notify::notify_status;
 use crate::standby::clone::clone_standby;
 use crate::standby::preflight::{identify_primary, preflight};
 use crate::standby::streaming::{not_streaming_yet, wait_streaming_from_primary};
-use crate::standby::StandbyContext;
+use crate::standby::{find_upstream, StandbyContext, Upstream};
 use crate::upstream::{write_passfile, PrivatePassfile};
 
 /// How long a running standby of this primary gets to (re)connect before it counts as broken:
@@ -45,22 +45,25 @@ impl StandbyArgs {
         let node = Node::load(config_path)?;
         let (config, cluster) = (&node.config, &node.cluster);
         let password = config.read_password()?;
-        let own_address = find_local_address(&config.standby.addresses)?.ok_or_else(|| {
-            let have: Vec<String> =
-                crate::host::local_addresses().unwrap_or_default().iter().map(ToString::to_string).collect();
-            anyhow!(
-                "preflight: none of standby.addresses in {} is an address of this host (it has {}): \
-                 run `pgha standby` on a standby, or add this host's address to standby.addresses",
-                config_path.display(),
-                have.join(", ")
-            )
-        })?;
+        let own_address = require_member_address(config, "pgha standby")?;
         if !self.dry_run {
             crate::lock::take_for_run(&cluster.id(), "pgha standby", self.wait)?;
         }
-        let context =
-            StandbyContext { config, cluster, password: &password, own_address, primary: config.primary.address };
         let passfile = PrivatePassfile::new(config, &password)?;
+        let primary = match find_upstream(config, cluster, &passfile.path, own_address)? {
+            Upstream::Primary(address) => address,
+            Upstream::ThisHost(_) => {
+                let summary = format!(
+                    "nothing to do: cluster {} on {own_address} is the primary of the members; \
+                     `pgha standby` leaves it as it is",
+                    cluster.id()
+                );
+                notify_status(&summary);
+                println!("{summary}");
+                return Ok(EXIT_OK);
+            }
+        };
+        let context = StandbyContext { config, cluster, password: &password, own_address, primary };
         let system_identifier = identify_primary(&context, &passfile.path)?;
         // The configured password was just proven against the primary, so a rotated password can
         // reach the passfile of an earlier clone now: the wal receiver reconnects with it instead of
@@ -76,8 +79,7 @@ impl StandbyArgs {
                 cluster.id(),
                 context.primary
             );
-            let summary =
-                format!("nothing to do: cluster {} already streams from {}", cluster.id(), context.primary);
+            let summary = format!("nothing to do: cluster {} already streams from {}", cluster.id(), context.primary);
             notify_status(&summary);
             println!("{summary}");
             return Ok(EXIT_OK);

@@ -9,11 +9,17 @@ use std::path::Path;
 use anyhow::Result;
 use clap::Args;
 
+use std::net::IpAddr;
+
+use crate::config::Config;
+use crate::debian::Cluster;
 use crate::health::{describe, format_table, ClusterReport, Limits, Report};
+use crate::members::find_primary;
 use crate::node::{find_local_address, Node};
 use crate::replication::{parse_snapshot, snapshot_sql, Health, LagLimit};
 use crate::tools::pg_lsclusters;
 use crate::tools::psql::{invoke_psql, query, Target};
+use crate::upstream::PrivatePassfile;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -60,13 +66,28 @@ impl StatusArgs {
     }
 }
 
+/// Who the members name as the primary (this host's cluster included).
+fn ask_members(config: &Config, cluster: &Cluster, own: IpAddr) -> Result<IpAddr> {
+    let password = config.read_password()?;
+    let passfile = PrivatePassfile::new(config, &password)?;
+    Ok(find_primary(config, cluster, &passfile.path, own, None)?.0)
+}
+
 fn gather(config_path: &Path, limits: &Limits) -> Result<Report> {
     let Node { config, cluster } = Node::load(config_path)?;
     let online = pg_lsclusters::is_online(&cluster)?;
     let mut report = Report::empty();
     let own = find_local_address(&config.node_addresses())?;
     report.host_address = own.map(|address| address.to_string());
-    report.configured_role = own.map(|address| if address == config.primary.address { "primary" } else { "standby" });
+    if let Some(own) = own {
+        match ask_members(&config, &cluster, own) {
+            Ok(primary) => {
+                report.primary_address = Some(primary.to_string());
+                report.configured_role = Some(if primary == own { "primary" } else { "standby" });
+            }
+            Err(error) => report.problem(Health::Critical, format!("{error:#}")),
+        }
+    }
     report.cluster = ClusterReport {
         id: Some(cluster.id()),
         version: Some(cluster.version.to_string()),

@@ -10,13 +10,14 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::config::Config;
-use crate::error::{ConfigError, EXIT_OK};
-use crate::node::{find_local_address, Node};
+use crate::error::EXIT_OK;
+use crate::members::find_primary;
+use crate::node::{require_member_address, Node};
 use crate::render::standby_name;
 use crate::replication::{parse_snapshot, parse_verify_output, snapshot_sql, verify_sql, Lsn};
 use crate::tools::poll_until;
-use crate::tools::psql::{parse_bool, query, query_value, Target};
-use crate::upstream::sql_target;
+use crate::tools::psql::{parse_bool, query, Target};
+use crate::upstream::{sql_target, PrivatePassfile};
 use crate::version::PgVersion;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -31,20 +32,17 @@ pub struct VerifyArgs {
 impl VerifyArgs {
     pub fn run(self, config_path: &Path) -> Result<i32> {
         let config = Config::load(config_path)?;
-        let (target, where_) = primary_target(config_path, &config)?;
+        let (target, primary, where_, _passfile) = primary_target(&config)?;
         let header = query(&target, "SELECT current_setting('server_version_num'), pg_is_in_recovery()::text")
             .with_context(|| format!("cannot reach the primary ({where_})"))?;
         let [version_num, in_recovery] = header.first().map(Vec::as_slice).unwrap_or_default() else {
             bail!("unexpected answer from the primary: {header:?}");
         };
         if parse_bool(in_recovery)? {
-            bail!(
-                "{where_} is in recovery, not a primary: after a promote, update [primary] in {} as `pgha promote` printed",
-                config_path.display()
-            );
+            bail!("{where_} went into recovery while verify ran: run it again");
         }
         let version = PgVersion::from_version_num(version_num.parse().context("bad server_version_num")?);
-        let standbys: Vec<IpAddr> = config.standby.addresses.clone();
+        let standbys: Vec<IpAddr> = config.node_addresses().into_iter().filter(|address| *address != primary).collect();
 
         let note = format!("pgha verify {}", humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
         let started = Instant::now();
@@ -103,33 +101,19 @@ impl VerifyArgs {
     }
 }
 
-/// The primary: the local cluster when this host is the primary, otherwise a connection to it
-/// with the passfile `pgha standby` wrote.
-pub fn primary_target(config_path: &Path, config: &Config) -> Result<(Target, String)> {
-    let primary = config.primary.address;
-    if find_local_address(&[primary])?.is_some() {
-        let node = Node::load(config_path)?;
+/// The primary the members name: the local cluster when it is this host, otherwise a connection
+/// to it through a passfile of this run (kept alive with the target).
+pub fn primary_target(config: &Config) -> Result<(Target, IpAddr, String, PrivatePassfile)> {
+    let own = require_member_address(config, "pgha verify")?;
+    let node = Node::for_config(config.clone())?;
+    let password = config.read_password()?;
+    let passfile = PrivatePassfile::new(config, &password)?;
+    let (primary, _) = find_primary(config, &node.cluster, &passfile.path, own, None)?;
+    if primary == own {
         node.require_online()?;
-        return Ok((Target::local(&node.cluster), format!("local cluster {}", node.cluster.id())));
-    }
-    if find_local_address(&config.standby.addresses)?.is_none() {
-        return Err(ConfigError::in_file(
-            config_path,
-            "none of this host's addresses is [primary] address or in [standby] addresses: run this on a node",
-        )
-        .into());
-    }
-    if !config.replication.passfile.exists() {
-        bail!(
-            "{} does not exist: run `pgha standby` on this host first (it writes the passfile used to reach the primary)",
-            config.replication.passfile.display()
-        );
+        return Ok((Target::local(&node.cluster), primary, format!("local cluster {}", node.cluster.id()), passfile));
     }
     // The local cluster's version is the primary's: it decides whether the login is bound to TLS.
-    let version = Node::for_config(config.clone())?.cluster.version;
-    let target = sql_target(config, primary, &config.replication.passfile, version);
-    // Fail early with a clear message instead of at the first real query.
-    query_value(&target, "SELECT 1")
-        .with_context(|| format!("cannot connect to the primary {primary}:{}", config.primary.port))?;
-    Ok((target, format!("{primary}:{}", config.primary.port)))
+    let target = sql_target(config, primary, &passfile.path, node.cluster.version);
+    Ok((target, primary, format!("{primary}:{}", config.primary.port), passfile))
 }

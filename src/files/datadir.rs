@@ -15,6 +15,21 @@ use anyhow::{bail, Context, Result};
 use crate::files::secure::{copy_tree, open_parent, CopyOwnership, Dir, Ownership};
 use crate::host::postgres_account;
 
+/// Whether the cluster would start in recovery: a standby.signal or recovery.signal (12 and
+/// later) or a recovery.conf (11 and earlier) in its data directory, which postgres owns, so
+/// looked up through a handle without following links.
+pub fn starts_in_recovery(cluster: &crate::debian::Cluster) -> Result<bool> {
+    let dir = Dir::open(&cluster.data_dir)?;
+    let names: &[&str] =
+        if cluster.version.uses_recovery_conf() { &["recovery.conf"] } else { &["standby.signal", "recovery.signal"] };
+    for name in names {
+        if dir.stat(name)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// `<datadir>.pgha-staging`: beside the data directory, so the swap is a rename on one filesystem.
 pub fn staging_path(data_dir: &Path) -> PathBuf {
     sibling(data_dir, ".pgha-staging")

@@ -50,18 +50,16 @@ pub fn describe(report: &mut Report, config: &Config, cluster: &Cluster, snapsho
     let role = if snapshot.in_recovery { "standby" } else { "primary" };
     report.role = Some(role);
     report.wal_lsn = snapshot.wal_lsn;
-    if let Some(configured) = report.configured_role {
-        if configured != role {
-            report.problem(
-                Health::Warning,
-                format!(
-                    "cluster {} runs as a {role} but {} lists this host as the {configured}: \
-                     after a promote, update [primary] and [standby] as `pgha promote` printed, or run `pgha rejoin`",
-                    cluster.id(),
-                    config.path.display()
-                ),
-            );
-        }
+    if report.configured_role == Some("standby") && role == "primary" {
+        report.problem(
+            Health::Critical,
+            format!(
+                "cluster {} is writable, but the members name {} as the primary: this is an old primary; keep \
+                 clients away from it and run `pgha rejoin` here",
+                cluster.id(),
+                report.primary_address.as_deref().unwrap_or("another member")
+            ),
+        );
     }
     for slot in &snapshot.slots {
         let retained = match (snapshot.wal_lsn, slot.restart_lsn) {
@@ -95,7 +93,7 @@ pub fn describe(report: &mut Report, config: &Config, cluster: &Cluster, snapsho
         });
     }
     if snapshot.in_recovery {
-        describe_standby(report, config, snapshot, limits);
+        describe_standby(report, snapshot, limits);
     } else {
         describe_primary(report, config, snapshot, limits);
     }
@@ -156,7 +154,7 @@ fn describe_primary(report: &mut Report, config: &Config, snapshot: &Snapshot, l
     }
 }
 
-fn describe_standby(report: &mut Report, config: &Config, snapshot: &Snapshot, limits: &Limits) {
+fn describe_standby(report: &mut Report, snapshot: &Snapshot, limits: &Limits) {
     let progress = snapshot.progress.clone().unwrap_or(crate::replication::Progress {
         receive: None,
         replay: snapshot.wal_lsn,
@@ -177,16 +175,21 @@ fn describe_standby(report: &mut Report, config: &Config, snapshot: &Snapshot, l
         other => report.problem(
             Health::Critical,
             format!(
-                "the WAL receiver is {other}, not streaming from {}:{}: see the cluster log",
-                config.primary.address, config.primary.port
+                "the WAL receiver is {other}, not streaming from {}: see the cluster log",
+                report.primary_address.as_deref().unwrap_or("the primary")
             ),
         ),
     }
-    if let Some(host) = snapshot.receiver.as_ref().and_then(|receiver| receiver.sender_host.as_deref()) {
-        if host.parse::<IpAddr>().ok() != Some(config.primary.address) && !host.starts_with('/') {
+    let primary: Option<IpAddr> = report.primary_address.as_deref().and_then(|address| address.parse().ok());
+    if let (Some(host), Some(primary)) =
+        (snapshot.receiver.as_ref().and_then(|receiver| receiver.sender_host.as_deref()), primary)
+    {
+        if host.parse::<IpAddr>().ok() != Some(primary) && !host.starts_with('/') {
             report.problem(
                 Health::Warning,
-                format!("this standby follows {host}, but [primary] address is {}", config.primary.address),
+                format!(
+                    "this standby follows {host}, but the members name {primary} as the primary: run `pgha rejoin`"
+                ),
             );
         }
     }
@@ -219,6 +222,7 @@ mod tests {
         let mut report = Report::empty();
         report.host_address = Some(own.into());
         report.configured_role = Some(if config.primary.address.to_string() == own { "primary" } else { "standby" });
+        report.primary_address = Some(config.primary.address.to_string());
         let limits = Limits { warn: vec![LagLimit::Bytes(16 << 20)], crit: vec![LagLimit::Bytes(1 << 30)] };
         describe(&mut report, &config, &cluster, &snapshot, &limits);
         report.finish()
@@ -240,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_standby_is_critical_and_a_role_mismatch_warns() {
+    fn a_missing_standby_is_critical_and_an_old_primary_is_critical() {
         let two =
             "[primary]\naddress = \"10.231.245.1\"\n[standby]\naddresses = [\"10.231.245.2\", \"10.231.245.3\"]\n";
         let report = report_for(PRIMARY, "10.231.245.1", two);
@@ -249,13 +253,13 @@ mod tests {
             .standbys
             .iter()
             .any(|s| s.state == "disconnected" && s.address.as_deref() == Some("10.231.245.3")));
-        // After a promote, before the config changed: B runs as primary, pgha.conf still calls it a standby.
+        // An old primary that came back writable after a failover: the members name B.
         let stale = "[primary]\naddress = \"10.231.245.2\"\n[standby]\naddresses = [\"10.231.245.1\"]\n";
         let report = report_for(PRIMARY, "10.231.245.1", stale);
-        assert!(report
-            .problems
-            .iter()
-            .any(|p| p.severity == Health::Warning && p.message.contains("runs as a primary")));
+        assert_eq!(report.status, Health::Critical);
+        assert!(report.problems.iter().any(|p| p.message.contains("old primary")
+            && p.message.contains("10.231.245.2")
+            && p.message.contains("pgha rejoin")));
     }
 
     #[test]

@@ -69,8 +69,10 @@ pub struct Report {
     pub exit_code: i32,
     pub problems: Vec<Problem>,
     pub host_address: Option<String>,
-    /// What pgha.conf says this host is.
+    /// The role the members give this host: "primary" when they name it, "standby" otherwise.
     pub configured_role: Option<&'static str>,
+    /// The member the members name as the primary; null when they name none.
+    pub primary_address: Option<String>,
     pub cluster: ClusterReport,
     /// What the server says it is: "primary" or "standby"; null when it cannot be asked.
     pub role: Option<&'static str>,
@@ -89,6 +91,7 @@ impl Report {
             problems: Vec::new(),
             host_address: None,
             configured_role: None,
+            primary_address: None,
             cluster: ClusterReport { id: None, version: None, port: None, state: "unknown" },
             role: None,
             wal_lsn: None,

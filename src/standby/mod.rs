@@ -6,6 +6,8 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use anyhow::Result;
+
 use crate::config::{Config, Password};
 use crate::debian::Cluster;
 use crate::render::standby_name;
@@ -29,6 +31,22 @@ pub struct StandbyContext<'a> {
     pub own_address: IpAddr,
     /// The member this host follows: the primary the members named.
     pub primary: IpAddr,
+}
+
+/// Whom this host follows, as the members say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    Primary(IpAddr),
+    /// This host's own cluster is the primary: there is nothing to follow. What each member said.
+    ThisHost(String),
+}
+
+/// Asks the members who is primary. This host's cluster takes part only as what it is: a copy of
+/// another system (a fresh cluster before its first clone) never outvotes the members.
+pub fn find_upstream(config: &Config, cluster: &Cluster, passfile: &Path, own_address: IpAddr) -> Result<Upstream> {
+    let (primary, survey) = crate::members::find_primary(config, cluster, passfile, own_address, None)?;
+    log::debug!("members:\n{}", survey.describe());
+    Ok(if primary == own_address { Upstream::ThisHost(survey.describe()) } else { Upstream::Primary(primary) })
 }
 
 impl StandbyContext<'_> {

@@ -133,18 +133,15 @@ pub enum ConnectionFailure {
     Unreachable,
     StartingUp,
     ShuttingDown,
+    /// Crash recovery: a server that was not shut down cleanly is replaying its WAL.
+    InRecoveryMode,
+    /// A standby with hot_standby off (a fenced member): up, in recovery, serving nobody.
+    NotAcceptingConnections,
     PasswordRejected,
     NoHbaEntry,
     NoSuchRole,
     /// Anything else: the server answered, or psql failed for another reason.
     Other,
-}
-
-impl ConnectionFailure {
-    /// No server answers as a running one: nobody at the address, or one starting or stopping.
-    pub fn is_unreachable(self) -> bool {
-        matches!(self, ConnectionFailure::Unreachable | ConnectionFailure::StartingUp | ConnectionFailure::ShuttingDown)
-    }
 }
 
 /// libpq's messages are English whatever the server's lc_messages: psql runs with LANG=C.UTF-8.
@@ -161,6 +158,10 @@ pub fn classify_failure(error_text: &str) -> ConnectionFailure {
         ConnectionFailure::StartingUp
     } else if error_text.contains("the database system is shutting down") {
         ConnectionFailure::ShuttingDown
+    } else if error_text.contains("the database system is in recovery mode") {
+        ConnectionFailure::InRecoveryMode
+    } else if error_text.contains("the database system is not accepting connections") {
+        ConnectionFailure::NotAcceptingConnections
     } else if UNREACHABLE.iter().any(|needle| error_text.contains(needle)) {
         ConnectionFailure::Unreachable
     } else if error_text.contains("password authentication failed") {
@@ -216,7 +217,7 @@ mod tests {
 
     #[test]
     fn unreachable_means_nobody_answered() {
-        let unreachable = |text| classify_failure(text).is_unreachable();
+        let unreachable = |text| classify_failure(text) == ConnectionFailure::Unreachable;
         assert!(unreachable("psql: error: connection to server at \"10.0.0.1\", port 5432 failed: Connection refused"));
         assert!(unreachable("psql: error: connection to server at \"10.0.0.1\", port 5432 failed: timeout expired"));
         assert!(!unreachable("FATAL:  password authentication failed for user \"replicator\""));
@@ -227,5 +228,16 @@ mod tests {
             ConnectionFailure::NoHbaEntry
         );
         assert_eq!(classify_failure("FATAL:  role \"x\" does not exist"), ConnectionFailure::NoSuchRole);
+        // Saved from PostgreSQL 15 with hot_standby = off.
+        assert_eq!(
+            classify_failure(
+                "FATAL:  the database system is not accepting connections\nDETAIL:  Hot standby mode is disabled."
+            ),
+            ConnectionFailure::NotAcceptingConnections
+        );
+        assert_eq!(
+            classify_failure("FATAL:  the database system is in recovery mode"),
+            ConnectionFailure::InRecoveryMode
+        );
     }
 }

@@ -180,6 +180,7 @@ pub struct TestCluster {
     pub name: String,
     pub port: u16,
     pub netns: Option<String>,
+    pub socket_dir: PathBuf,
 }
 
 impl TestCluster {
@@ -189,7 +190,24 @@ impl TestCluster {
         // No initdb auth options: with any, pg_createcluster leaves pg_hba.conf to initdb, which
         // trusts every loopback TCP connection instead of Debian's peer/md5/scram-sha-256 lines.
         run_ok(Command::new("pg_createcluster").args([version, &name, "-p", &port.to_string()]));
-        TestCluster { version: version.into(), name, port, netns: netns.map(str::to_string) }
+        let socket_dir = PathBuf::from("/var/run/postgresql");
+        TestCluster { version: version.into(), name, port, netns: netns.map(str::to_string), socket_dir }
+    }
+
+    /// A cluster on `port`, the port of a cluster on another test host: pgha expects every member
+    /// on one port, as on real hosts. The Unix socket gets its own directory, since both hosts'
+    /// sockets live in this machine's filesystem.
+    pub fn create_on_port(version: &str, netns: Option<&str>, port: u16) -> TestCluster {
+        let name = format!("pgha_t{}_{}", std::process::id(), unique());
+        let socket_dir = PathBuf::from(format!("/var/run/postgresql/{name}"));
+        fs::create_dir_all(&socket_dir).unwrap();
+        run_ok(Command::new("chown").arg("postgres:postgres").arg(&socket_dir));
+        run_ok(
+            Command::new("pg_createcluster")
+                .args([version, &name, "-p", &port.to_string()])
+                .arg(format!("--socketdir={}", socket_dir.display())),
+        );
+        TestCluster { version: version.into(), name, port, netns: netns.map(str::to_string), socket_dir }
     }
 
     pub fn config_dir(&self) -> PathBuf {
@@ -249,20 +267,8 @@ impl TestCluster {
 
     fn psql_command(&self, sql: &str) -> Command {
         let mut command = Command::new("runuser");
-        command.args([
-            "-u",
-            "postgres",
-            "--",
-            "psql",
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "/var/run/postgresql",
-            "-p",
-        ]);
+        command.args(["-u", "postgres", "--", "psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"]);
+        command.arg(&self.socket_dir).arg("-p");
         command.arg(self.port.to_string()).args(["-d", "postgres", "-c", sql]);
         command
     }
@@ -292,6 +298,9 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         let _ = Command::new("pg_ctlcluster").args([&self.version, &self.name, "stop", "-m", "immediate"]).output();
         let _ = Command::new("pg_dropcluster").args([&self.version, &self.name]).output();
+        if self.socket_dir.ends_with(&self.name) {
+            let _ = fs::remove_dir_all(&self.socket_dir);
+        }
         // Directories pgha keeps beside the data directory (old copies, staging) belong to this test too.
         let parent = PathBuf::from(format!("/var/lib/postgresql/{}", self.version));
         if let Ok(entries) = fs::read_dir(&parent) {
@@ -363,7 +372,7 @@ impl TwoHosts {
         }
         let hosts = host_pair();
         let a = TestCluster::create(primary_version, Some(&hosts.a.name));
-        let b = TestCluster::create("15", Some(&hosts.b.name));
+        let b = TestCluster::create_on_port("15", Some(&hosts.b.name), a.port);
         a.start();
         let archive = tempfile::tempdir().unwrap();
         fs::set_permissions(archive.path(), fs::Permissions::from_mode(0o755)).unwrap();
