@@ -18,7 +18,6 @@ use anyhow::{bail, Context, Result};
 use crate::config::Config;
 use crate::debian::Cluster;
 use crate::replication::Lsn;
-use crate::tools::pg_controldata::ControlData;
 use crate::tools::psql::{classify_failure, query, query_bool, ConnectionFailure, Target};
 use crate::upstream::{replication_target, sql_target};
 use crate::version::PgVersion;
@@ -111,6 +110,15 @@ impl Survey {
                 Probe::NoAnswer { .. } => None,
             })
             .collect()
+    }
+
+    /// Whether `address` shows it belongs to the set: it left timeline 1 (a promote) or another
+    /// member that answered holds its system.
+    pub fn joined(&self, address: IpAddr) -> bool {
+        let answers = self.answers();
+        let Some(own) = answers.iter().find(|state| state.address == address) else { return false };
+        own.history.timeline > 1
+            || answers.iter().any(|other| other.address != address && other.system_identifier == own.system_identifier)
     }
 
     /// One line per member for an error or a log.
@@ -269,18 +277,17 @@ pub fn parse_timeline_history_answer(timeline: u32, rows: &[Vec<String>]) -> Res
     }
 }
 
-/// The history of the local data directory's timeline, from its own WAL directory, for a cluster
-/// that is not running (or not answering). The directory belongs to postgres: read through a
+/// The history of the local data directory's timeline, from its own WAL directory. The directory belongs to postgres: read through a
 /// handle, never following a link.
-pub fn local_history(cluster: &Cluster, control: &ControlData) -> Result<TimelineHistory> {
-    if control.timeline <= 1 {
+pub fn local_history(cluster: &Cluster, timeline: u32) -> Result<TimelineHistory> {
+    if timeline <= 1 {
         return Ok(TimelineHistory::first());
     }
     let wal = if cluster.version.has_wal_names() { "pg_wal" } else { "pg_xlog" };
-    let path = cluster.data_dir.join(wal).join(format!("{:08X}.history", control.timeline));
+    let path = cluster.data_dir.join(wal).join(format!("{timeline:08X}.history"));
     let text = crate::files::secure::read_text_capped(&path, 1 << 20)?
         .with_context(|| format!("{} is missing: the timeline's history is unknown", path.display()))?;
-    parse_history(control.timeline, &text)
+    parse_history(timeline, &text)
 }
 
 /// This host's own cluster as a member: what pg_control says (system, timeline) and, when the
@@ -292,31 +299,27 @@ pub struct LocalMember {
     pub answered: bool,
 }
 
-/// Reads the local cluster. A server that is down counts as writable when nothing in its data
-/// directory would start it in recovery: that is what it would become at its next start.
+/// Reads the local cluster: a running server answers for itself (IDENTIFY_SYSTEM and
+/// pg_is_in_recovery over its socket); for one that is down or serves no one, pg_control tells the
+/// system and timeline, and it counts as writable when nothing in its data directory would start
+/// it in recovery: that is what it would become at its next start.
 pub fn local_member(cluster: &Cluster, address: IpAddr) -> Result<LocalMember> {
-    let control = crate::tools::pg_controldata::read(cluster.version, &cluster.data_dir)?;
-    let mut history = local_history(cluster, &control)?;
     let local = Target::local(cluster);
-    let (writable, answered) = match query_bool(&local, "SELECT NOT pg_is_in_recovery()") {
-        Ok(writable) => {
-            // pg_control's timeline trails a promote until the next checkpoint; the server knows.
-            if let Ok(rows) = query(&local_replication(cluster), "IDENTIFY_SYSTEM") {
-                if let Ok((_, timeline)) = parse_identify_system(&rows) {
-                    if timeline != history.timeline {
-                        let control = ControlData { timeline, ..control.clone() };
-                        history = local_history(cluster, &control)?;
-                    }
-                }
-            }
-            (writable, true)
+    let answer = query_bool(&local, "SELECT NOT pg_is_in_recovery()").and_then(|writable| {
+        let (system_identifier, timeline) =
+            parse_identify_system(&query(&local_replication(cluster), "IDENTIFY_SYSTEM")?)?;
+        Ok((writable, system_identifier, timeline))
+    });
+    let (writable, system_identifier, timeline, answered) = match answer {
+        Ok((writable, system_identifier, timeline)) => (writable, system_identifier, timeline, true),
+        Err(_) => {
+            let control = crate::tools::pg_controldata::read(cluster.version, &cluster.data_dir)?;
+            let writable = !crate::files::datadir::starts_in_recovery(cluster)?;
+            (writable, control.system_identifier, control.timeline, false)
         }
-        Err(_) => (!crate::files::datadir::starts_in_recovery(cluster)?, false),
     };
-    Ok(LocalMember {
-        state: MemberState { address, writable, system_identifier: control.system_identifier, history },
-        answered,
-    })
+    let history = local_history(cluster, timeline)?;
+    Ok(LocalMember { state: MemberState { address, writable, system_identifier, history }, answered })
 }
 
 /// A physical replication connection to the local cluster over its socket, as postgres (Debian's
@@ -331,8 +334,27 @@ fn local_replication(cluster: &Cluster) -> Target {
     }
 }
 
-/// Who is primary, for a command that acts on it: the verdict over every member this host can
-/// reach, this host's own cluster read locally. An error says why no primary can be named.
+/// Asks every member this host can reach, this host's own cluster read locally, and applies the
+/// rule. Never fails: a member that cannot be asked is a `Probe::NoAnswer`.
+pub fn ask(
+    config: &Config,
+    cluster: &Cluster,
+    passfile: &Path,
+    own_address: IpAddr,
+    system: Option<&str>,
+) -> (Verdict, Survey) {
+    let mut survey = survey(config, passfile, cluster.version, Some(own_address));
+    match local_member(cluster, own_address) {
+        Ok(local) if local.answered || local.state.writable => {
+            survey.probes.insert(0, (own_address, Probe::Answered(local.state)));
+        }
+        Ok(_) => {}
+        Err(error) => log::warn!("cannot tell what cluster {} is: {error:#}", cluster.id()),
+    }
+    (decide(&survey.answers(), system, config.primary.address), survey)
+}
+
+/// Who is primary, for a command that acts on it. An error says why no primary can be named.
 pub fn find_primary(
     config: &Config,
     cluster: &Cluster,
@@ -340,13 +362,13 @@ pub fn find_primary(
     own_address: IpAddr,
     system: Option<&str>,
 ) -> Result<(IpAddr, Survey)> {
-    let mut survey = survey(config, passfile, cluster.version, Some(own_address));
-    if let Ok(local) = local_member(cluster, own_address) {
-        if local.answered || local.state.writable {
-            survey.probes.insert(0, (own_address, Probe::Answered(local.state)));
-        }
-    }
-    match decide(&survey.answers(), system, config.primary.address) {
+    let (verdict, survey) = ask(config, cluster, passfile, own_address, system);
+    primary_of(verdict, survey, &config.path)
+}
+
+/// The primary a verdict names, or the error a command reports.
+pub fn primary_of(verdict: Verdict, survey: Survey, config_path: &Path) -> Result<(IpAddr, Survey)> {
+    match verdict {
         Verdict::Primary { address, stale } => {
             for address in stale {
                 log::warn!(
@@ -356,7 +378,7 @@ pub fn find_primary(
             Ok((address, survey))
         }
         Verdict::NoPrimary => {
-            bail!("no member of {} answers as a writable primary:\n{}", config.path.display(), survey.describe())
+            bail!("no member of {} answers as a writable primary:\n{}", config_path.display(), survey.describe())
         }
         Verdict::SplitBrain(addresses) => bail!(
             "split brain: {} are all writable on forked timelines; pgha will not pick one. Keep the one whose \
@@ -451,6 +473,25 @@ mod tests {
         // Nobody writable.
         assert_eq!(decide(&[member(2, false, TimelineHistory::first())], None, FIRST), Verdict::NoPrimary);
         assert_eq!(decide(&[], None, FIRST), Verdict::NoPrimary);
+    }
+
+    #[test]
+    fn a_fresh_cluster_has_not_joined_the_set() {
+        let mut fresh = member(2, true, TimelineHistory::first());
+        fresh.system_identifier = "7000000000000000001".into();
+        let silent = Probe::NoAnswer { failure: ConnectionFailure::PasswordRejected, message: String::new() };
+        let alone = Survey { probes: vec![(fresh.address, Probe::Answered(fresh.clone())), (FIRST, silent)] };
+        assert!(!alone.joined(fresh.address));
+        let promoted = member(2, true, history(2, &[(1, "0/3000000")]));
+        assert!(Survey { probes: vec![(promoted.address, Probe::Answered(promoted.clone()))] }.joined(promoted.address));
+        let standby_of = member(2, false, TimelineHistory::first());
+        let with_primary = Survey {
+            probes: vec![
+                (standby_of.address, Probe::Answered(standby_of.clone())),
+                (FIRST, Probe::Answered(member(1, true, TimelineHistory::first()))),
+            ],
+        };
+        assert!(with_primary.joined(standby_of.address));
     }
 
     #[test]

@@ -37,8 +37,8 @@ impl PrimaryArgs {
         if !self.dry_run {
             crate::lock::take_for_run(&cluster.id(), "pgha primary", self.wait)?;
         }
-        let own_address = require_member_address(config, "pgha primary")?;
         node.require_online()?;
+        let own_address = require_member_address(config, "pgha primary")?;
         if query_bool(&Target::local(cluster), "SELECT pg_is_in_recovery()")? {
             // The unit that made this host the first primary still runs at every boot after a
             // role change: on a standby it has nothing to do.

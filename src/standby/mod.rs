@@ -44,7 +44,25 @@ pub enum Upstream {
 /// Asks the members who is primary. This host's cluster takes part only as what it is: a copy of
 /// another system (a fresh cluster before its first clone) never outvotes the members.
 pub fn find_upstream(config: &Config, cluster: &Cluster, passfile: &Path, own_address: IpAddr) -> Result<Upstream> {
-    let (primary, survey) = crate::members::find_primary(config, cluster, passfile, own_address, None)?;
+    let (mut verdict, survey) = crate::members::ask(config, cluster, passfile, own_address, None);
+    // A fresh cluster that nobody else shares a system with, on timeline 1, is no member yet,
+    // however alone it is: it has never been cloned, so it names no primary, least of all itself.
+    if verdict == (crate::members::Verdict::Primary { address: own_address, stale: Vec::new() })
+        && !survey.joined(own_address)
+    {
+        verdict = crate::members::Verdict::NoPrimary;
+    }
+    // When nobody answers as a primary and the first primary did not answer at all, the workflow
+    // goes on towards it: its preflight tells precisely why (unreachable, TLS, password, pg_hba).
+    let first = config.primary.address;
+    let first_silent = survey
+        .probes
+        .iter()
+        .any(|(address, probe)| *address == first && matches!(probe, crate::members::Probe::NoAnswer { .. }));
+    if verdict == crate::members::Verdict::NoPrimary && first_silent && first != own_address {
+        return Ok(Upstream::Primary(first));
+    }
+    let (primary, survey) = crate::members::primary_of(verdict, survey, &config.path)?;
     log::debug!("members:\n{}", survey.describe());
     Ok(if primary == own_address { Upstream::ThisHost(survey.describe()) } else { Upstream::Primary(primary) })
 }

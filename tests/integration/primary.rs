@@ -222,17 +222,23 @@ fn refuses_to_demote_an_existing_superuser() {
 }
 
 #[test]
-fn refuses_to_run_on_a_host_that_does_not_own_the_primary_address() {
+fn refuses_to_run_on_a_host_that_is_not_a_member() {
     if !require_root_and_postgres() {
         return;
     }
     let setup = primary_setup("pw");
-    // Host B does not own primary.address.
-    let out = pgha_output(pgha(Some(&setup.hosts.b.name)).args(["--config", setup.config.path_str(), "primary"]));
+    // Host B owns none of the members' addresses once its own is taken out of [standby].
+    let text = fs::read_to_string(&setup.config.path)
+        .unwrap()
+        .replace(&format!("\"{}\"", setup.hosts.b_ip), "\"192.0.2.77\"")
+        .replace(&setup.config.password_file.display().to_string(), "@PASSWORD_FILE@");
+    let config = TestConfig::new(&text, "pw");
+    let out = pgha_output(pgha(Some(&setup.hosts.b.name)).args(["--config", config.path_str(), "primary"]));
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
-        out.stderr.contains("primary.address") && out.stderr.contains("not an address of this host"),
+        out.stderr.contains("none of [primary] address and [standby] addresses is an address of this host"),
         "{}",
         out.stderr
     );
+    assert_eq!(setup.cluster.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'replicator'"), "0");
 }
