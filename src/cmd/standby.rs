@@ -76,8 +76,7 @@ impl StandbyArgs {
                 cluster.id(),
                 context.primary
             );
-            let summary =
-                format!("nothing to do: cluster {} already streams from {}", cluster.id(), context.primary);
+            let summary = format!("nothing to do: cluster {} already streams from {}", cluster.id(), context.primary);
             notify_status(&summary);
             println!("{summary}");
             return Ok(EXIT_OK);
