@@ -9,6 +9,7 @@
 //! anywhere else fails it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use crate::version::PgVersion;
 
@@ -362,6 +363,9 @@ fn check(sql: &str, version: PgVersion) -> Vec<String> {
         match first.as_str() {
             "select" => check_select(&statement, version, &mut problems),
             "set" | "show" => match word(statement.get(1)) {
+                // A dotted name is a placeholder for an extension's setting: accepted whether or not
+                // the extension is loaded.
+                Some(_) if statement.get(2) == Some(&Token::Symbol('.')) => {}
                 Some(name) => {
                     let value = match (statement.get(2), statement.get(3)) {
                         (Some(Token::Symbol('=')), Some(Token::Word(value) | Token::Literal(value))) => {
@@ -383,7 +387,6 @@ fn check(sql: &str, version: PgVersion) -> Vec<String> {
 }
 
 fn check_setting(name: &str, value: Option<&str>, version: PgVersion, problems: &mut Vec<String>) {
-    // A dotted name is a placeholder for an extension's setting: accepted whether or not it is loaded.
     if name.contains('.') {
         return;
     }
@@ -505,6 +508,7 @@ fn check_branch(tokens: &[Token], version: PgVersion, problems: &mut Vec<String>
     }
     // Relations after FROM/JOIN, and the aliases they get.
     let mut relations: Vec<&str> = Vec::new();
+    let mut unknown_relation = false;
     let mut aliases: BTreeMap<String, String> = BTreeMap::new();
     let mut names = BTreeSet::new();
     for (index, token) in tokens.iter().enumerate() {
@@ -521,7 +525,10 @@ fn check_branch(tokens: &[Token], version: PgVersion, problems: &mut Vec<String>
         names.insert(index + 1);
         match lookup(RELATIONS, relation, version) {
             Ok(_) => relations.push(relation),
-            Err(problem) => problems.push(format!("relation {problem}")),
+            Err(problem) => {
+                unknown_relation = true;
+                problems.push(format!("relation {problem}"));
+            }
         }
         if let Some(alias) = word(tokens.get(index + 2)).filter(|alias| !is_keyword(alias)) {
             names.insert(index + 2);
@@ -534,7 +541,8 @@ fn check_branch(tokens: &[Token], version: PgVersion, problems: &mut Vec<String>
         let Token::Word(name) = token else { continue };
         let after_cast = index > 0 && tokens[index - 1] == Token::Cast;
         let qualifier = tokens.get(index + 1) == Some(&Token::Symbol('.'));
-        if is_keyword(name) || after_cast || qualifier || functions.contains(&index) || names.contains(&index) {
+        let skip = unknown_relation || is_keyword(name) || after_cast || qualifier;
+        if skip || functions.contains(&index) || names.contains(&index) {
             continue;
         }
         if index > 0 && enclosing[index].as_deref() == Some("extract") && tokens[index - 1] == Token::Symbol('(') {
@@ -564,25 +572,236 @@ fn check_branch(tokens: &[Token], version: PgVersion, problems: &mut Vec<String>
 
 /// A statement pgha can send, with where it comes from for the failure message.
 struct Sent {
-    source: &'static str,
+    source: String,
     sql: String,
 }
 
-fn sent(source: &'static str, sql: impl Into<String>) -> Sent {
-    Sent { source, sql: sql.into() }
+fn sent(source: &str, sql: impl Into<String>) -> Sent {
+    Sent { source: source.to_string(), sql: sql.into() }
 }
 
-/// Every statement the builders produce for `version`, with the arguments the code passes.
+/// The builders `built_statements` calls: `every_sql_text_is_reachable_from_this_test` fails for
+/// a `*_sql` function or `*_SQL` constant in src/ that is missing here.
+const BUILDERS: &[&str] = &[
+    "snapshot_sql",
+    "verify_sql",
+    "ensure_slot_sql",
+    "wal_receiver_sql",
+    "primary_facts_sql",
+    "DATABASE_SIZE_SQL",
+    "slot_state_sql",
+    "drop_slot_sql",
+    "create_slot_sql",
+    "slot_active_sql",
+    "drop_slot_if_exists_sql",
+    "drop_stale_slots_sql",
+    "role_query_sql",
+    "role_sql",
+    "quiet_session_sql",
+    "missing_rewind_grants_sql",
+    "grant_execute_sql",
+    "PENDING_RESTART_SQL",
+    "FILE_ERRORS_SQL",
+    "hba_errors_sql",
+    "overridden_settings_sql",
+    "HEADER_SQL",
+    "receiver_streaming_sql",
+    "promote_sql",
+];
+
+/// Every statement the builders produce for `version`, with arguments like the code's; a
+/// builder's own version conditions decide what `version` gets, and where the caller holds the
+/// condition, it is repeated here.
 fn built_statements(version: PgVersion) -> Vec<Sent> {
+    use crate::primary;
+    use crate::standby::{preflight, slots};
     let slot = "pgha_10_0_0_2";
+    let literal = crate::quote::sql_literal(slot);
+    let address: std::net::IpAddr = "10.0.0.2".parse().unwrap();
     let mut statements = vec![
         sent("replication::snapshot_sql", crate::replication::snapshot_sql(version)),
         sent("replication::ensure_slot_sql", crate::replication::ensure_slot_sql(slot, version)),
+        sent("standby::streaming::wal_receiver_sql", crate::standby::streaming::wal_receiver_sql(version)),
+        sent("standby::preflight::primary_facts_sql", preflight::primary_facts_sql(address)),
+        sent("standby::preflight::DATABASE_SIZE_SQL", preflight::DATABASE_SIZE_SQL),
+        sent("standby::preflight::slot_state_sql", preflight::slot_state_sql(slot, version)),
+        sent("standby::slots::drop_slot_sql", slots::drop_slot_sql(&literal)),
+        sent("standby::slots::slot_active_sql", slots::slot_active_sql(&literal)),
+        sent("standby::slots::drop_slot_if_exists_sql", slots::drop_slot_if_exists_sql(&literal)),
+        sent("standby::slots::drop_stale_slots_sql", slots::drop_stale_slots_sql(&[literal.clone(), literal.clone()])),
+        sent("primary::role_query_sql", primary::role_query_sql("pgha_repl", version)),
+        sent("primary::quiet_session_sql", primary::quiet_session_sql(version)),
+        sent("primary::PENDING_RESTART_SQL", primary::PENDING_RESTART_SQL),
+        sent("primary::FILE_ERRORS_SQL", primary::FILE_ERRORS_SQL),
+        sent(
+            "primary::overridden_settings_sql",
+            primary::overridden_settings_sql(Path::new("/etc/postgresql/x/conf.d/pgha.conf")),
+        ),
+        sent("cmd::verify::HEADER_SQL", crate::cmd::verify::HEADER_SQL),
     ];
+    if let Some(sql) = crate::cmd::promote::receiver_streaming_sql(version) {
+        statements.push(sent("cmd::promote::receiver_streaming_sql", sql));
+    }
+    for verb in ["CREATE", "ALTER"] {
+        for verifier in [Some("md5abc"), None] {
+            let (_, sql) = primary::role_sql(version, verb, "pgha_repl", 10, verifier);
+            statements.push(sent("primary::role_sql", sql));
+        }
+    }
+    if let Some(sql) = primary::missing_rewind_grants_sql("pgha_repl", version) {
+        statements.push(sent("primary::missing_rewind_grants_sql", sql));
+        let functions = ["pg_catalog.pg_ls_dir(text,boolean,boolean)".to_string()];
+        statements.push(sent("primary::grant_execute_sql", primary::grant_execute_sql(&functions, "pgha_repl")));
+    }
+    if let Some(sql) = primary::hba_errors_sql(version) {
+        statements.push(sent("primary::hba_errors_sql", sql));
+    }
+    // prepare_slot creates the slot itself where pg_basebackup cannot.
+    if !version.basebackup_can_create_slot() {
+        statements.push(sent("standby::slots::create_slot_sql", slots::create_slot_sql(&literal, version)));
+    }
+    if version.has_pg_promote() {
+        statements.push(sent("cmd::promote::promote_sql", crate::cmd::promote::promote_sql()));
+    }
     for sql in crate::replication::verify_sql(version, "pgha verify 2025-01-01T00:00:00Z") {
         statements.push(sent("replication::verify_sql", sql));
     }
     statements
+}
+
+/// The Rust source of pgha itself, without test code: (path under src/, text).
+fn sources() -> Vec<(String, String)> {
+    fn walk(directory: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(directory).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|extension| extension == "rs") {
+                found.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut paths = Vec::new();
+    walk(&root, &mut paths);
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| (path.strip_prefix(&root).unwrap().display().to_string(), std::fs::read_to_string(&path).unwrap()))
+        .filter(|(name, _)| {
+            name != "sql_signatures.rs" && !name.starts_with("fuzz_tests/") && !name.ends_with("tests.rs")
+        })
+        .map(|(name, text)| {
+            let end = text.find("#[cfg(test)]").unwrap_or(text.len());
+            (name, text[..end].to_string())
+        })
+        .collect()
+}
+
+/// The string literals of Rust source: (byte offset, value), comments and char literals skipped.
+fn string_literals(source: &str) -> Vec<(usize, String)> {
+    let bytes = source.as_bytes();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                i = source[i..].find('\n').map_or(bytes.len(), |end| i + end);
+            }
+            b'\'' => {
+                // A char literal ('x', '\n', '"'), or a lifetime, which has no closing quote.
+                if bytes.get(i + 1) == Some(&b'\\') {
+                    i += source[i + 2..].find('\'').map_or(bytes.len(), |end| end + 3);
+                } else if bytes.get(i + 2) == Some(&b'\'') {
+                    i += 3;
+                } else {
+                    i += 1;
+                }
+            }
+            b'r' if matches!(bytes.get(i + 1), Some(b'"' | b'#'))
+                && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) =>
+            {
+                let hashes = bytes[i + 1..].iter().take_while(|&&b| b == b'#').count();
+                let open = i + 1 + hashes;
+                let close = format!("\"{}", "#".repeat(hashes));
+                let end = source[open + 1..].find(&close).map_or(bytes.len(), |end| open + 1 + end);
+                found.push((i, source[open + 1..end].to_string()));
+                i = end + close.len();
+            }
+            b'"' => {
+                let start = i;
+                let mut value = String::new();
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        match bytes.get(i + 1) {
+                            Some(b'\n') => {
+                                i += 2;
+                                while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+                                    i += 1;
+                                }
+                                continue;
+                            }
+                            Some(b'n') => value.push('\n'),
+                            Some(&other) => value.push(other as char),
+                            None => {}
+                        }
+                        i += 2;
+                    } else {
+                        let c = source[i..].chars().next().unwrap();
+                        value.push(c);
+                        i += c.len_utf8();
+                    }
+                }
+                found.push((start, value));
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    found
+}
+
+/// Literals handed straight to the functions that send SQL: (offset of the literal, SQL).
+fn inline_statements(source: &str) -> Vec<(usize, String)> {
+    let literals = string_literals(source);
+    let mut found = Vec::new();
+    for call in ["query(", "query_value(", "query_bool(", "invoke_psql("] {
+        for (position, _) in source.match_indices(call) {
+            let before = source[..position].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') || source[..position].ends_with("fn ") {
+                continue;
+            }
+            // The second argument, when it is a literal: the first literal after the first comma.
+            let open = position + call.len();
+            let Some(comma) = source[open..].find(',').map(|offset| open + offset) else { continue };
+            let rest = source[comma + 1..].trim_start();
+            if !rest.starts_with('"') {
+                continue;
+            }
+            let offset = source.len() - rest.len();
+            if let Some((_, value)) = literals.iter().find(|(start, _)| *start == offset) {
+                found.push((offset, value.clone()));
+            }
+        }
+    }
+    found
+}
+
+/// Whether a literal reads as SQL (or the start of a statement built around it).
+fn looks_like_sql(text: &str) -> bool {
+    const STARTS: &[&str] = &["SELECT ", "SET ", "SHOW ", "GRANT ", "CREATE ", "ALTER ", "{verb} ROLE"];
+    let text = text.trim_start();
+    STARTS.iter().any(|start| text.starts_with(start))
+        || ["CHECKPOINT", "IDENTIFY_SYSTEM"].contains(&text.trim_end().trim_end_matches(';'))
+}
+
+/// The name of the `fn` or `const` that `offset` lies in: the last one declared before it.
+fn enclosing_item(source: &str, offset: usize) -> Option<String> {
+    let before = &source[..offset];
+    let item =
+        ["fn ", "const "].iter().filter_map(|keyword| before.rfind(keyword).map(|at| at + keyword.len())).max()?;
+    Some(source[item..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect())
 }
 
 mod tests {
@@ -592,7 +811,10 @@ mod tests {
     fn every_statement_exists_in_9_5_and_9_6() {
         let mut failures = Vec::new();
         for version in [V95, V96] {
-            for Sent { source, sql } in built_statements(version) {
+            let inline = sources().into_iter().flat_map(|(path, text)| {
+                inline_statements(&text).into_iter().map(move |(_, sql)| sent(&format!("{path} (inline)"), sql))
+            });
+            for Sent { source, sql } in built_statements(version).into_iter().chain(inline) {
                 for problem in check(&sql, version) {
                     failures.push(format!("{version}: {source}: {problem}\n    in: {}", sql.trim()));
                 }
@@ -624,5 +846,65 @@ mod tests {
         let aliased = "SELECT s.active, r.client_addr FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid";
         assert!(problems(aliased, V95).is_empty());
         assert!(problems("SELECT s.client_addr FROM pg_replication_slots s", V95)[0].contains("column client_addr"));
+    }
+
+    #[test]
+    fn every_sql_text_is_reachable_from_this_test() {
+        let mut failures = Vec::new();
+        let mut builders = BTreeSet::new();
+        for (path, text) in sources() {
+            let inline: BTreeSet<usize> = inline_statements(&text).into_iter().map(|(offset, _)| offset).collect();
+            for (offset, literal) in string_literals(&text) {
+                if !looks_like_sql(&literal) || inline.contains(&offset) {
+                    continue;
+                }
+                match enclosing_item(&text, offset) {
+                    Some(name) if BUILDERS.contains(&name.as_str()) => {}
+                    name => failures.push(format!(
+                        "{path}: SQL {literal:?} is built in {}: build it in a pure `*_sql` function (or a `*_SQL` \
+                         constant) and call that from built_statements",
+                        name.unwrap_or_else(|| "no function".into())
+                    )),
+                }
+            }
+            for keyword in ["fn ", "const "] {
+                for (at, _) in text.match_indices(keyword) {
+                    let name: String =
+                        text[at + keyword.len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    if name.ends_with("_sql") || name.ends_with("_SQL") {
+                        builders.insert(name);
+                    }
+                }
+            }
+        }
+        for name in &builders {
+            if !BUILDERS.contains(&name.as_str()) {
+                failures.push(format!("{name} builds SQL but built_statements does not call it"));
+            }
+        }
+        for name in BUILDERS {
+            if !builders.contains(*name) {
+                failures.push(format!("{name} is listed in BUILDERS but no longer in src/"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn the_source_scan_finds_literals_and_their_builders() {
+        let source = "fn a() { query(&t, \"SELECT 1\")?; let c = '\"'; }\n// query(&t, \"SELECT 2\")\n\
+                      fn b_sql() -> String { format!(\"SELECT \\\n   x\") }";
+        let inline: Vec<String> = inline_statements(source).into_iter().map(|(_, sql)| sql).collect();
+        assert_eq!(inline, ["SELECT 1"]);
+        let literals = string_literals(source);
+        assert_eq!(literals.last().unwrap().1, "SELECT x");
+        assert_eq!(enclosing_item(source, literals.last().unwrap().0).as_deref(), Some("b_sql"));
+        let found: Vec<String> =
+            sources().iter().flat_map(|(_, text)| inline_statements(text)).map(|(_, sql)| sql).collect();
+        for expected in
+            ["SELECT pg_is_in_recovery()", "SHOW ssl", "CHECKPOINT", "IDENTIFY_SYSTEM", "SELECT txid_current()"]
+        {
+            assert!(found.iter().any(|sql| sql == expected), "{expected} not found in src/: {found:?}");
+        }
     }
 }

@@ -128,9 +128,8 @@ fn refuse_if_primary_alive(config: &Config, version: PgVersion, local: &Target) 
                        connected to it would write data this host never receives, and the two copies would fork";
     let advice = "for a switchover, stop it first (`pg_ctlcluster VERSION NAME stop` there); if it is fenced \
                   (no client can reach it) and you accept losing what it did not send, use --force";
-    let streaming = query(local, "SELECT status FROM pg_stat_wal_receiver WHERE status = 'streaming'")
-        .map(|rows| !rows.is_empty())
-        .unwrap_or(false);
+    let streaming = receiver_streaming_sql(version)
+        .is_some_and(|sql| query(local, sql).map(|rows| !rows.is_empty()).unwrap_or(false));
     if streaming {
         bail!("refusing to promote: this standby is streaming from the configured primary {primary} right now, so it is up; {consequence}; {advice}");
     }
@@ -155,10 +154,19 @@ fn refuse_if_primary_alive(config: &Config, version: PgVersion, local: &Target) 
     }
 }
 
+/// None on 9.5, which cannot show its wal receiver: the primary is then asked directly.
+pub(crate) fn receiver_streaming_sql(version: PgVersion) -> Option<&'static str> {
+    (version >= PgVersion::new(9, 6)).then_some("SELECT status FROM pg_stat_wal_receiver WHERE status = 'streaming'")
+}
+
+/// 12 and later; `wait => true` returns once the server left recovery, or false after the timeout.
+pub(crate) fn promote_sql() -> String {
+    format!("SELECT pg_promote(true, {})", PROMOTE_TIMEOUT.as_secs())
+}
+
 fn promote(cluster: &Cluster, target: &Target) -> Result<()> {
     if cluster.version.has_pg_promote() {
-        // wait => true: returns once the server left recovery, or false after the timeout.
-        let done = query_bool(target, &format!("SELECT pg_promote(true, {})", PROMOTE_TIMEOUT.as_secs()))?;
+        let done = query_bool(target, &promote_sql())?;
         if !done {
             bail!("pg_promote() did not finish within {} s\n{}", PROMOTE_TIMEOUT.as_secs(), log_tail(cluster, 20));
         }
