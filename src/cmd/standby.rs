@@ -76,7 +76,8 @@ impl StandbyArgs {
                 cluster.id(),
                 context.primary
             );
-            let summary = format!("nothing to do: cluster {} already streams from {}", cluster.id(), context.primary);
+            let summary =
+                format!("nothing to do: cluster {} already streams from {}", cluster.id(), context.primary);
             notify_status(&summary);
             println!("{summary}");
             return Ok(EXIT_OK);
