@@ -27,6 +27,8 @@ mod render;
 mod replication;
 mod signals;
 mod size;
+#[cfg(test)]
+mod sql_signatures;
 mod standby;
 mod tools;
 mod upstream;

@@ -22,6 +22,9 @@ use crate::tools::psql::{classify_failure, query, query_bool, ConnectionFailure,
 use crate::upstream::{replication_target, sql_target};
 use crate::version::PgVersion;
 
+/// Whether a server accepts writes: every member is asked this, 9.5 to 18.
+pub const WRITABLE_SQL: &str = "SELECT NOT pg_is_in_recovery()";
+
 /// How long one member gets to answer: a member that is down must not hold up a decision the
 /// others can make.
 pub const MEMBER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -241,11 +244,10 @@ pub fn probe(config: &Config, address: IpAddr, passfile: &Path, version: PgVersi
         Ok(answer) => answer,
         Err(error) => return no_answer(error),
     };
-    let writable =
-        match query_bool(&bounded(sql_target(config, address, passfile, version)), "SELECT NOT pg_is_in_recovery()") {
-            Ok(writable) => writable,
-            Err(error) => return no_answer(error),
-        };
+    let writable = match query_bool(&bounded(sql_target(config, address, passfile, version)), WRITABLE_SQL) {
+        Ok(writable) => writable,
+        Err(error) => return no_answer(error),
+    };
     let history = if writable && timeline > 1 {
         match query(&replication, &format!("TIMELINE_HISTORY {timeline}"))
             .and_then(|rows| parse_timeline_history_answer(timeline, &rows))
@@ -305,7 +307,7 @@ pub struct LocalMember {
 /// it in recovery: that is what it would become at its next start.
 pub fn local_member(cluster: &Cluster, address: IpAddr) -> Result<LocalMember> {
     let local = Target::local(cluster);
-    let answer = query_bool(&local, "SELECT NOT pg_is_in_recovery()").and_then(|writable| {
+    let answer = query_bool(&local, WRITABLE_SQL).and_then(|writable| {
         let (system_identifier, timeline) =
             parse_identify_system(&query(&local_replication(cluster), "IDENTIFY_SYSTEM")?)?;
         Ok((writable, system_identifier, timeline))

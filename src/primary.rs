@@ -127,21 +127,8 @@ fn archive_dir_step(config: &Config, ownership: Ownership) -> Result<Option<Step
 fn role_step(config: &Config, cluster: &Cluster, target: &Target, password: &Password) -> Result<Option<Step>> {
     let user = &config.replication.user;
     let limit = config.replication.connection_limit;
-    // pg_monitor (10 and later) lets peers read replication state without being superuser.
-    let monitor = if cluster.version.has_wal_names() {
-        format!("pg_has_role({}, 'pg_monitor', 'MEMBER')", sql_literal(user))
-    } else {
-        "true".to_string()
-    };
-    let rows = query(
-        target,
-        &format!(
-            "SELECT rolcanlogin, rolreplication, rolsuper, rolconnlimit, coalesce(rolpassword, ''), {monitor} FROM pg_authid WHERE rolname = {}",
-            sql_literal(user)
-        ),
-    )?;
+    let rows = query(target, &role_query_sql(user, cluster.version))?;
     let verifier = || verifier_for(cluster.version, user, password);
-    let kind = if cluster.version.has_scram() { "SCRAM-SHA-256" } else { "md5" };
     let (verb, password_clause) = match rows.first() {
         None => ("CREATE", Some(verifier())),
         Some(row) => {
@@ -168,24 +155,50 @@ fn role_step(config: &Config, cluster: &Cluster, target: &Target, password: &Pas
             ("ALTER", (!password_ok).then(verifier))
         }
     };
+    let (shown, sql) = role_sql(cluster.version, verb, user, limit, password_clause.as_deref());
+    Ok(Some(Step::Sql { shown, sql }))
+}
+
+/// The role's attributes and stored verifier, and (10 and later) whether it has pg_monitor, which
+/// lets peers read replication state without being superuser.
+pub(crate) fn role_query_sql(user: &str, version: PgVersion) -> String {
+    let monitor = if version.has_wal_names() {
+        format!("pg_has_role({}, 'pg_monitor', 'MEMBER')", sql_literal(user))
+    } else {
+        "true".to_string()
+    };
+    format!(
+        "SELECT rolcanlogin, rolreplication, rolsuper, rolconnlimit, coalesce(rolpassword, ''), {monitor} FROM pg_authid WHERE rolname = {}",
+        sql_literal(user)
+    )
+}
+
+/// `verb` (CREATE or ALTER) ROLE in a quiet session, with the verifier when it must change: what
+/// the log shows (the verifier redacted) and what is sent.
+pub(crate) fn role_sql(
+    version: PgVersion,
+    verb: &str,
+    user: &str,
+    limit: u32,
+    verifier: Option<&str>,
+) -> (String, String) {
+    let kind = if version.has_scram() { "SCRAM-SHA-256" } else { "md5" };
     let attributes =
         format!("{verb} ROLE {} WITH LOGIN REPLICATION NOSUPERUSER CONNECTION LIMIT {limit}", sql_identifier(user));
-    let shown = match &password_clause {
+    let mut shown = match verifier {
         Some(_) => format!("{attributes} PASSWORD '<{kind} verifier>'"),
         None => attributes.clone(),
     };
-    let mut statement = match password_clause {
-        Some(verifier) => format!("{attributes} PASSWORD {}", sql_literal(&verifier)),
+    let mut statement = match verifier {
+        Some(verifier) => format!("{attributes} PASSWORD {}", sql_literal(verifier)),
         None => attributes,
     };
-    let mut shown = shown;
-    if cluster.version.has_wal_names() {
+    if version.has_wal_names() {
         let grant = format!(";\nGRANT pg_monitor TO {}", sql_identifier(user));
         statement.push_str(&grant);
         shown.push_str(&grant.replace('\n', " "));
     }
-    let sql = format!("{}{statement};\n", quiet_session(cluster.version));
-    Ok(Some(Step::Sql { shown, sql }))
+    (shown, format!("{}{statement};\n", quiet_session_sql(version)))
 }
 
 /// Session settings that keep the role statement, verifier and all, out of the server log and
@@ -194,7 +207,7 @@ fn role_step(config: &Config, cluster: &Cluster, target: &Target, password: &Pas
 /// (a role created meanwhile, a read-only session, a password check hook), and the sampling
 /// settings log statements by chance. pg_stat_statements keeps the text of utility statements
 /// and shows it to pg_monitor, which the replication role itself is given.
-fn quiet_session(version: PgVersion) -> String {
+pub(crate) fn quiet_session_sql(version: PgVersion) -> String {
     let mut settings = vec![
         "log_statement = 'none'",
         "log_min_duration_statement = -1",
@@ -215,49 +228,62 @@ fn quiet_session(version: PgVersion) -> String {
 /// receiver streams (`pgha promote` asks before it promotes). The role can already copy every
 /// byte of the cluster through the replication protocol; statistics add nothing to that.
 fn statistics_grant_step(config: &Config, cluster: &Cluster, target: &Target) -> Result<Option<Step>> {
-    if cluster.version < PgVersion::new(10, 0) {
+    let Some(sql) = missing_statistics_grant_sql(&config.replication.user, cluster.version) else { return Ok(None) };
+    if !query_bool(target, &sql)? {
         return Ok(None);
     }
-    let user = sql_literal(&config.replication.user);
-    let missing = query_bool(
-        target,
-        &format!(
-            "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {user}) \
-             THEN NOT pg_has_role({user}, 'pg_read_all_stats', 'MEMBER') ELSE true END"
-        ),
-    )?;
-    if !missing {
-        return Ok(None);
-    }
-    let statement = format!("GRANT pg_read_all_stats TO {}", sql_identifier(&config.replication.user));
+    let statement = statistics_grant_sql(&config.replication.user);
     Ok(Some(Step::Sql { shown: statement.clone(), sql: format!("{statement};\n") }))
+}
+
+/// Whether `user` (or the role about to be created) lacks pg_read_all_stats; None before 10.
+pub(crate) fn missing_statistics_grant_sql(user: &str, version: PgVersion) -> Option<String> {
+    if version < PgVersion::new(10, 0) {
+        return None;
+    }
+    let user = sql_literal(user);
+    Some(format!(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {user}) \
+         THEN NOT pg_has_role({user}, 'pg_read_all_stats', 'MEMBER') ELSE true END"
+    ))
+}
+
+pub(crate) fn statistics_grant_sql(user: &str) -> String {
+    format!("GRANT pg_read_all_stats TO {}", sql_identifier(user))
 }
 
 /// From 11, pg_rewind can use a non-superuser source connection given these functions; granting
 /// them lets `pgha rejoin` on a former primary rewind from this node once it is promoted (the
 /// grants reach the standbys by replication).
 fn rewind_grants_step(config: &Config, cluster: &Cluster, target: &Target) -> Result<Option<Step>> {
-    if cluster.version < crate::version::PgVersion::new(11, 0) {
-        return Ok(None);
-    }
-    let user = sql_literal(&config.replication.user);
-    let missing = query(
-        target,
-        &format!(
-            "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace \
-             AND ((proname = 'pg_ls_dir' AND pronargs = 3) OR (proname = 'pg_stat_file' AND pronargs = 2) \
-             OR (proname = 'pg_read_binary_file' AND pronargs IN (1, 4))) \
-             AND NOT (EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {user}) AND has_function_privilege({user}, p.oid, 'EXECUTE')) \
-             ORDER BY 1"
-        ),
-    )?;
+    let Some(sql) = missing_rewind_grants_sql(&config.replication.user, cluster.version) else { return Ok(None) };
+    let missing = query(target, &sql)?;
     if missing.is_empty() {
         return Ok(None);
     }
     let functions: Vec<String> = missing.into_iter().filter_map(|row| row.into_iter().next()).collect();
-    let statement =
-        format!("GRANT EXECUTE ON FUNCTION {} TO {}", functions.join(", "), sql_identifier(&config.replication.user));
+    let statement = grant_execute_sql(&functions, &config.replication.user);
     Ok(Some(Step::Sql { shown: statement.clone(), sql: format!("{statement};\n") }))
+}
+
+/// The functions pg_rewind needs that `user` may not execute yet; None before 11.
+pub(crate) fn missing_rewind_grants_sql(user: &str, version: PgVersion) -> Option<String> {
+    if version < PgVersion::new(11, 0) {
+        return None;
+    }
+    let user = sql_literal(user);
+    Some(format!(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace \
+         AND ((proname = 'pg_ls_dir' AND pronargs = 3) OR (proname = 'pg_stat_file' AND pronargs = 2) \
+         OR (proname = 'pg_read_binary_file' AND pronargs IN (1, 4))) \
+         AND NOT (EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {user}) AND has_function_privilege({user}, p.oid, 'EXECUTE')) \
+         ORDER BY 1"
+    ))
+}
+
+/// `functions` as regprocedure text, which is already valid SQL for a function signature.
+pub(crate) fn grant_execute_sql(functions: &[String], user: &str) -> String {
+    format!("GRANT EXECUTE ON FUNCTION {} TO {}", functions.join(", "), sql_identifier(user))
 }
 
 pub fn apply(plan: &Plan, cluster: &Cluster, target: &Target) -> Result<()> {
@@ -331,10 +357,8 @@ fn apply_steps(
     *server = ServerState::Reloaded;
     invoke_pg_ctlcluster(cluster, ClusterAction::Reload)?;
     wait_until_ready(target, READY_TIMEOUT)?;
-    let pending: Vec<String> = query(target, "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name")?
-        .into_iter()
-        .filter_map(|row| row.into_iter().next())
-        .collect();
+    let pending: Vec<String> =
+        query(target, PENDING_RESTART_SQL)?.into_iter().filter_map(|row| row.into_iter().next()).collect();
     if !pending.is_empty() {
         log::info!("restarting cluster {}: {} only change at a restart", cluster.id(), pending.join(", "));
         *server = ServerState::Restarted;
@@ -349,32 +373,20 @@ fn apply_steps(
 /// setting overridden by a later file (postgresql.auto.conf, say) is caught while the old
 /// configuration is still the one running.
 fn check_config_files(cluster: &Cluster, target: &Target) -> Result<()> {
-    // "setting could not be applied" only means a restart is needed; pending_restart handles that.
-    // So does "cannot be changed without restarting": a restart-only setting removed from a file
-    // (re-running `pgha primary` on a promoted standby drops the standby form's max_connections etc.).
-    let errors = query(
-        target,
-        "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings \
-         WHERE error IS NOT NULL AND error <> 'setting could not be applied' \
-         AND error NOT LIKE '%cannot be changed without restarting the server'",
-    )?;
+    let errors = query(target, FILE_ERRORS_SQL)?;
     if !errors.is_empty() {
         let lines: Vec<String> = errors.iter().map(|row| row.join(": ")).collect();
         bail!("PostgreSQL rejects the configuration files:\n{}", lines.join("\n"));
     }
-    if cluster.version.has_wal_names() {
-        let errors = query(target, "SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL")?;
+    if let Some(sql) = hba_errors_sql(cluster.version) {
+        let errors = query(target, sql)?;
         if !errors.is_empty() {
             let lines: Vec<String> = errors.iter().map(|row| format!("line {}", row.join(": "))).collect();
             bail!("PostgreSQL rejects pg_hba.conf:\n{}", lines.join("\n"));
         }
     }
     let fragment = conf_fragment_path(&cluster.config_dir);
-    let names = MANAGED_SETTINGS.iter().map(|name| sql_literal(name)).collect::<Vec<_>>().join(", ");
-    let overridden = query(
-        target,
-        &format!("SELECT name, sourcefile, sourceline FROM pg_file_settings WHERE applied AND name IN ({names}) AND sourcefile <> {}", sql_literal(&fragment.display().to_string())),
-    )?;
+    let overridden = query(target, &overridden_settings_sql(&fragment))?;
     if !overridden.is_empty() {
         let lines: Vec<String> = overridden
             .iter()
@@ -390,6 +402,30 @@ fn check_config_files(cluster: &Cluster, target: &Target) -> Result<()> {
         );
     }
     Ok(())
+}
+
+pub(crate) const PENDING_RESTART_SQL: &str = "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name";
+
+// "setting could not be applied" only means a restart is needed; pending_restart handles that.
+// So does "cannot be changed without restarting": a restart-only setting removed from a file
+// (re-running `pgha primary` on a promoted standby drops the standby form's max_connections etc.).
+pub(crate) const FILE_ERRORS_SQL: &str =
+    "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings \
+     WHERE error IS NOT NULL AND error <> 'setting could not be applied' \
+     AND error NOT LIKE '%cannot be changed without restarting the server'";
+
+/// pg_hba_file_rules arrived in 10; before that a broken pg_hba.conf shows only at the reload.
+pub(crate) fn hba_errors_sql(version: PgVersion) -> Option<&'static str> {
+    version.has_wal_names().then_some("SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL")
+}
+
+/// Managed settings that a later file (postgresql.auto.conf, say) sets again, so `fragment`'s value is ignored.
+pub(crate) fn overridden_settings_sql(fragment: &std::path::Path) -> String {
+    let names = MANAGED_SETTINGS.iter().map(|name| sql_literal(name)).collect::<Vec<_>>().join(", ");
+    format!(
+        "SELECT name, sourcefile, sourceline FROM pg_file_settings WHERE applied AND name IN ({names}) AND sourcefile <> {}",
+        sql_literal(&fragment.display().to_string())
+    )
 }
 
 /// After a rollback: bring the server back to the restored files, doing no more than the

@@ -106,7 +106,7 @@ const ADVICE: &str = "for a planned change of primary, use `pgha switchover`; if
 /// further than this one. Each objection is a sentence; none means the promote is safe.
 fn objections(config: &Config, cluster: &Cluster, passfile: &Path, own: IpAddr, local: &Target) -> Result<Vec<String>> {
     let mut objections = Vec::new();
-    if wal_receiver_streaming(local).unwrap_or(false) {
+    if wal_receiver_streaming(local, cluster.version).unwrap_or(false) {
         objections.push("this standby is streaming from its primary right now, so that primary is up".to_string());
     }
     let own_replayed: Option<Lsn> = query_value(local, &replayed_sql(cluster.version))?.parse().ok();
@@ -118,7 +118,7 @@ fn objections(config: &Config, cluster: &Cluster, passfile: &Path, own: IpAddr, 
             }
             Probe::Answered(_) => {
                 let remote = sql_target(config, *address, passfile, cluster.version);
-                if wal_receiver_streaming(&remote).unwrap_or(false) {
+                if wal_receiver_streaming(&remote, cluster.version).unwrap_or(false) {
                     objections.push(format!("the standby {address} still streams from a primary, so a primary is up"));
                 }
                 let replayed: Option<Lsn> =
@@ -154,12 +154,15 @@ fn objections(config: &Config, cluster: &Cluster, passfile: &Path, own: IpAddr, 
 }
 
 /// Whether a standby's WAL receiver streams (9.5 cannot tell: no).
-fn wal_receiver_streaming(target: &Target) -> Result<bool> {
-    Ok(!query(target, "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'")?.is_empty())
+fn wal_receiver_streaming(target: &Target, version: PgVersion) -> Result<bool> {
+    match receiver_streaming_sql(version) {
+        Some(sql) => Ok(!query(target, sql)?.is_empty()),
+        None => Ok(false),
+    }
 }
 
 /// How far a standby has replayed.
-fn replayed_sql(version: PgVersion) -> String {
+pub(crate) fn replayed_sql(version: PgVersion) -> String {
     if version.has_wal_names() {
         "SELECT coalesce(pg_last_wal_replay_lsn()::text, '')".into()
     } else {
@@ -167,10 +170,19 @@ fn replayed_sql(version: PgVersion) -> String {
     }
 }
 
+/// None on 9.5, which cannot show its wal receiver: the primary is then asked directly.
+pub(crate) fn receiver_streaming_sql(version: PgVersion) -> Option<&'static str> {
+    (version >= PgVersion::new(9, 6)).then_some("SELECT status FROM pg_stat_wal_receiver WHERE status = 'streaming'")
+}
+
+/// 12 and later; `wait => true` returns once the server left recovery, or false after the timeout.
+pub(crate) fn promote_sql() -> String {
+    format!("SELECT pg_promote(true, {})", PROMOTE_TIMEOUT.as_secs())
+}
+
 fn promote(cluster: &Cluster, target: &Target) -> Result<()> {
     if cluster.version.has_pg_promote() {
-        // wait => true: returns once the server left recovery, or false after the timeout.
-        let done = query_bool(target, &format!("SELECT pg_promote(true, {})", PROMOTE_TIMEOUT.as_secs()))?;
+        let done = query_bool(target, &promote_sql())?;
         if !done {
             bail!("pg_promote() did not finish within {} s\n{}", PROMOTE_TIMEOUT.as_secs(), log_tail(cluster, 20));
         }

@@ -22,6 +22,9 @@ use crate::version::PgVersion;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Before the version is known, so it must hold on every version.
+pub(crate) const HEADER_SQL: &str = "SELECT current_setting('server_version_num'), pg_is_in_recovery()::text";
+
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Seconds to wait for every standby to replay the new WAL position
@@ -33,8 +36,7 @@ impl VerifyArgs {
     pub fn run(self, config_path: &Path) -> Result<i32> {
         let config = Config::load(config_path)?;
         let (target, primary, where_, _passfile) = primary_target(&config)?;
-        let header = query(&target, "SELECT current_setting('server_version_num'), pg_is_in_recovery()::text")
-            .with_context(|| format!("cannot reach the primary ({where_})"))?;
+        let header = query(&target, HEADER_SQL).with_context(|| format!("cannot reach the primary ({where_})"))?;
         let [version_num, in_recovery] = header.first().map(Vec::as_slice).unwrap_or_default() else {
             bail!("unexpected answer from the primary: {header:?}");
         };

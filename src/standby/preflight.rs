@@ -1,7 +1,7 @@
 //! Preflight against the primary: everything a clone depends on, learnt and checked before this
 //! host changes anything, and with nothing changed anywhere.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
@@ -69,16 +69,8 @@ pub fn identify_primary(context: &StandbyContext, passfile: &Path) -> Result<Str
 pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: String) -> Result<PrimaryFacts> {
     let cluster = context.cluster;
     let remote = context.remote(passfile);
-    let rows = query(
-        &remote,
-        &format!(
-            "SELECT current_setting('server_version_num'), version(), current_setting('ssl'), \
-             current_setting('wal_level'), current_setting('max_wal_senders'), \
-             (SELECT count(*) FROM pg_stat_replication WHERE client_addr IS DISTINCT FROM {}::inet)",
-            sql_literal(&context.own_address.to_string())
-        ),
-    )
-    .map_err(|error| context.login_failure("SQL login to the primary's postgres database failed", error))?;
+    let rows = query(&remote, &primary_facts_sql(context.own_address))
+        .map_err(|error| context.login_failure("SQL login to the primary's postgres database failed", error))?;
     let [version_num, version_string, ssl, wal_level, max_wal_senders, senders_used] =
         rows.first().map(Vec::as_slice).with_context(|| format!("unexpected answer from the primary: {rows:?}"))?
     else {
@@ -116,7 +108,7 @@ pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: S
         None => None,
     };
 
-    let database_bytes = match query_value(&remote, "SELECT sum(pg_database_size(oid))::bigint FROM pg_database") {
+    let database_bytes = match query_value(&remote, DATABASE_SIZE_SQL) {
         Ok(value) => value.parse().ok(),
         Err(error) => {
             log::warn!("cannot learn the primary's database size, so free space is not checked: {error:#}");
@@ -141,6 +133,18 @@ pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: S
     Ok(PrimaryFacts { system_identifier, version, ssl: ssl == "on", max_wal_senders, slot, database_bytes })
 }
 
+/// The primary's version, platform, TLS, wal_level and walsenders (those not used by this host).
+pub(crate) fn primary_facts_sql(own_address: IpAddr) -> String {
+    format!(
+        "SELECT current_setting('server_version_num'), version(), current_setting('ssl'), \
+         current_setting('wal_level'), current_setting('max_wal_senders'), \
+         (SELECT count(*) FROM pg_stat_replication WHERE client_addr IS DISTINCT FROM {}::inet)",
+        sql_literal(&own_address.to_string())
+    )
+}
+
+pub(crate) const DATABASE_SIZE_SQL: &str = "SELECT sum(pg_database_size(oid))::bigint FROM pg_database";
+
 fn check_platform(context: &StandbyContext, primary_version: &str) -> Result<()> {
     let Some((primary_arch, primary_bits)) = parse_platform(primary_version) else {
         log::warn!("cannot read the primary's platform from {primary_version:?}; not comparing it");
@@ -164,15 +168,7 @@ fn check_platform(context: &StandbyContext, primary_version: &str) -> Result<()>
 }
 
 fn slot_state(context: &StandbyContext, remote: &Target, name: &str) -> Result<Option<SlotState>> {
-    let lost = if context.cluster.version >= PgVersion::new(13, 0) { "s.wal_status = 'lost'" } else { "false" };
-    let rows = query(
-        remote,
-        &format!(
-            "SELECT s.active, {lost}, coalesce(host(r.client_addr), '') FROM pg_replication_slots s \
-             LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = {}",
-            sql_literal(name)
-        ),
-    )?;
+    let rows = query(remote, &slot_state_sql(name, context.cluster.version))?;
     let Some([active, lost, client]) = rows.first().map(Vec::as_slice) else { return Ok(None) };
     let active = parse_bool(active)?;
     // Our own walreceiver holds it while this cluster streams; stopping the cluster frees it.
@@ -186,6 +182,16 @@ fn slot_state(context: &StandbyContext, remote: &Target, name: &str) -> Result<O
         );
     }
     Ok(Some(SlotState { active, lost: parse_bool(lost)? }))
+}
+
+/// The slot `name`: whether it is in use, whether the primary invalidated it (13+), and who uses it.
+pub(crate) fn slot_state_sql(name: &str, version: PgVersion) -> String {
+    let lost = if version >= PgVersion::new(13, 0) { "s.wal_status = 'lost'" } else { "false" };
+    format!(
+        "SELECT s.active, {lost}, coalesce(host(r.client_addr), '') FROM pg_replication_slots s \
+         LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = {}",
+        sql_literal(name)
+    )
 }
 
 #[cfg(test)]

@@ -41,19 +41,46 @@ pub fn prepare_slot(
             return Ok(SlotPlan::Reuse);
         }
         log::info!("replacing replication slot {name}: the primary invalidated it");
-        query(remote, &format!("SELECT pg_drop_replication_slot({literal})"))?;
+        query(remote, &drop_slot_sql(&literal))?;
     }
     if !context.cluster.version.basebackup_can_create_slot() {
-        let reserve = if context.cluster.version >= PgVersion::new(9, 6) { ", true" } else { "" };
-        query(remote, &format!("SELECT pg_create_physical_replication_slot({literal}{reserve})"))?;
+        query(remote, &create_slot_sql(&literal, context.cluster.version))?;
         *created = true;
     }
     log::info!("creating replication slot {name} on the primary");
     Ok(SlotPlan::Create)
 }
 
+pub(crate) fn drop_slot_sql(literal: &str) -> String {
+    format!("SELECT pg_drop_replication_slot({literal})")
+}
+
+/// 9.5's function takes the name only; reserving WAL at creation arrived in 9.6.
+pub(crate) fn create_slot_sql(literal: &str, version: PgVersion) -> String {
+    let reserve = if version >= PgVersion::new(9, 6) { ", true" } else { "" };
+    format!("SELECT pg_create_physical_replication_slot({literal}{reserve})")
+}
+
+pub(crate) fn slot_active_sql(literal: &str) -> String {
+    format!("SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = {literal}")
+}
+
+/// Drops the slot if it exists: a failed clone may have stopped before creating it.
+pub(crate) fn drop_slot_if_exists_sql(literal: &str) -> String {
+    format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {literal}")
+}
+
+/// Drops the inactive physical slots among `literals`, and names them.
+pub(crate) fn drop_stale_slots_sql(literals: &[String]) -> String {
+    format!(
+        "SELECT slot_name, pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE slot_type = 'physical' AND NOT active AND slot_name IN ({})",
+        literals.join(", ")
+    )
+}
+
 fn wait_slot_inactive(remote: &Target, literal: &str) -> Result<()> {
-    let sql = format!("SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = {literal}");
+    let sql = slot_active_sql(literal);
     let released = poll_until(Duration::from_secs(30), Duration::from_millis(250), || {
         Ok((!query_bool(remote, &sql)?).then_some(()))
     })?;
@@ -74,12 +101,7 @@ pub fn drop_slot_if_created(context: &StandbyContext, remote: &Target, created: 
             let literal = sql_literal(&name);
             // The killed client's walsender lets go of the slot only once it notices.
             wait_slot_inactive(remote, &literal)?;
-            query(
-                remote,
-                &format!(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {literal}"
-                ),
-            )?;
+            query(remote, &drop_slot_if_exists_sql(&literal))?;
             log::info!("dropped replication slot {name}, which this failed clone created");
             Ok(())
         }
@@ -92,14 +114,7 @@ pub fn drop_slot_if_created(context: &StandbyContext, remote: &Target, created: 
 pub fn drop_stale_slots(context: &StandbyContext) -> Result<()> {
     let names: Vec<String> =
         context.config.node_addresses().into_iter().map(|address| sql_literal(&standby_name(address))).collect();
-    let dropped = query(
-        &Target::local(context.cluster),
-        &format!(
-            "SELECT slot_name, pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_type = 'physical' AND NOT active AND slot_name IN ({})",
-            names.join(", ")
-        ),
-    )?;
+    let dropped = query(&Target::local(context.cluster), &drop_stale_slots_sql(&names))?;
     for name in dropped.iter().filter_map(|row| row.first()) {
         log::info!("dropped replication slot {name} kept from this host's time as primary");
     }

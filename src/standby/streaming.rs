@@ -10,6 +10,7 @@ use crate::tools::pg_controldata;
 use crate::tools::pg_lsclusters::is_online;
 use crate::tools::psql::{query, query_bool, Target};
 use crate::tools::{poll_until, retry_until_ok};
+use crate::version::PgVersion;
 
 /// How a new standby came up. It counts as done once it runs in recovery (the caller checked it
 /// holds the primary's system identifier): a standby that streams only later, after replaying the
@@ -70,10 +71,22 @@ pub fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result
     Ok(streaming.is_some())
 }
 
+/// The wal receiver's status and conninfo, one row per receiver. 9.5 has no view of its wal
+/// receiver (pg_stat_wal_receiver arrived in 9.6): there "streaming" means WAL arrived by
+/// streaming since the server started, which stays true after the connection drops, and the
+/// conninfo is the primary_conninfo of the recovery.conf that pgha wrote.
+pub(crate) fn wal_receiver_sql(version: PgVersion) -> &'static str {
+    if version >= PgVersion::new(9, 6) {
+        "SELECT status, coalesce(conninfo, '') FROM pg_stat_wal_receiver"
+    } else {
+        "SELECT CASE WHEN pg_last_xlog_receive_location() IS NULL THEN 'stopped' ELSE 'streaming' END, \
+         coalesce(substring(pg_read_file('recovery.conf'), 'primary_conninfo\\s*=\\s*''([^'']*)'), '')"
+    }
+}
+
 fn wal_receiver_streaming(context: &StandbyContext) -> Result<bool> {
     let host = format!("host={}", context.primary);
-    let rows =
-        query(&Target::local(context.cluster), "SELECT status, coalesce(conninfo, '') FROM pg_stat_wal_receiver")?;
+    let rows = query(&Target::local(context.cluster), wal_receiver_sql(context.cluster.version))?;
     Ok(rows.iter().any(|row| {
         row.first().map(String::as_str) == Some("streaming")
             && row.get(1).is_some_and(|conninfo| conninfo.split_whitespace().any(|part| part == host))
