@@ -104,7 +104,6 @@ pub fn plan(config: &Config, cluster: &Cluster, facts: &Facts, target: &Target, 
     }
     plan.steps.extend(role_step(config, cluster, target, password)?);
     plan.steps.extend(rewind_grants_step(config, cluster, target)?);
-    plan.steps.extend(statistics_grant_step(config, cluster, target)?);
     Ok(plan)
 }
 
@@ -222,34 +221,6 @@ pub(crate) fn quiet_session_sql(version: PgVersion) -> String {
         settings.push("log_min_duration_sample = -1");
     }
     settings.iter().map(|setting| format!("SET {setting};\n")).collect()
-}
-
-/// From 10, pg_read_all_stats lets the replication role see whether another member's WAL
-/// receiver streams (`pgha promote` asks before it promotes). The role can already copy every
-/// byte of the cluster through the replication protocol; statistics add nothing to that.
-fn statistics_grant_step(config: &Config, cluster: &Cluster, target: &Target) -> Result<Option<Step>> {
-    let Some(sql) = missing_statistics_grant_sql(&config.replication.user, cluster.version) else { return Ok(None) };
-    if !query_bool(target, &sql)? {
-        return Ok(None);
-    }
-    let statement = statistics_grant_sql(&config.replication.user);
-    Ok(Some(Step::Sql { shown: statement.clone(), sql: format!("{statement};\n") }))
-}
-
-/// Whether `user` (or the role about to be created) lacks pg_read_all_stats; None before 10.
-pub(crate) fn missing_statistics_grant_sql(user: &str, version: PgVersion) -> Option<String> {
-    if version < PgVersion::new(10, 0) {
-        return None;
-    }
-    let user = sql_literal(user);
-    Some(format!(
-        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {user}) \
-         THEN NOT pg_has_role({user}, 'pg_read_all_stats', 'MEMBER') ELSE true END"
-    ))
-}
-
-pub(crate) fn statistics_grant_sql(user: &str) -> String {
-    format!("GRANT pg_read_all_stats TO {}", sql_identifier(user))
 }
 
 /// From 11, pg_rewind can use a non-superuser source connection given these functions; granting

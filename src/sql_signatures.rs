@@ -609,8 +609,6 @@ const BUILDERS: &[&str] = &[
     "promote_sql",
     "WRITABLE_SQL",
     "replayed_sql",
-    "missing_statistics_grant_sql",
-    "statistics_grant_sql",
 ];
 
 /// Every statement the builders produce for `version`, with arguments like the code's; a
@@ -645,10 +643,6 @@ fn built_statements(version: PgVersion) -> Vec<Sent> {
     ];
     statements.push(sent("members::WRITABLE_SQL", crate::members::WRITABLE_SQL));
     statements.push(sent("cmd::promote::replayed_sql", crate::cmd::promote::replayed_sql(version)));
-    if let Some(sql) = primary::missing_statistics_grant_sql("pgha_repl", version) {
-        statements.push(sent("primary::missing_statistics_grant_sql", sql));
-        statements.push(sent("primary::statistics_grant_sql", primary::statistics_grant_sql("pgha_repl")));
-    }
     if let Some(sql) = crate::cmd::promote::receiver_streaming_sql(version) {
         statements.push(sent("cmd::promote::receiver_streaming_sql", sql));
     }

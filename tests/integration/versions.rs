@@ -11,6 +11,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use crate::common::{
@@ -181,41 +182,55 @@ fn check_primary(major: u32, hosts: &HostPair) {
     assert_eq!(cluster.postmaster_start_time(), started, "second run restarted the server");
     assert!(!cluster.log().contains("ion's"), "the password is in the server log");
 
-    if Path::new(&format!("/usr/lib/postgresql/{major}/bin/pg_basebackup")).exists() {
-        check_streaming(major, hosts, &cluster, &config, &standby_passfile);
-    } else {
-        eprintln!("PostgreSQL {major}: no pg_basebackup for this major here: streaming not checked");
-    }
+    let standby = check_streaming(major, hosts, &cluster, &config, &standby_passfile);
+    check_day2(major, hosts, &cluster, &standby, &config);
 }
 
-/// The primary pgha configured really feeds a hot standby on host B: a clone by pg_basebackup,
-/// then the files `pgha render --role standby` writes (recovery.conf on 10/11, standby.signal
-/// from 12), started as an ordinary Debian cluster, streaming through the slot pgha names.
-fn check_streaming(major: u32, hosts: &HostPair, primary: &TestCluster, config: &TestConfig, passfile: &Path) {
+/// The primary pgha configured really feeds a hot standby on host B: a clone by pg_basebackup
+/// (where this machine has it for the major; a copy of the stopped primary otherwise), then the
+/// files `pgha render --role standby` writes (recovery.conf on 10/11, standby.signal from 12),
+/// started as an ordinary Debian cluster, streaming through the slot pgha names.
+fn check_streaming(
+    major: u32,
+    hosts: &HostPair,
+    primary: &TestCluster,
+    config: &TestConfig,
+    passfile: &Path,
+) -> TestCluster {
     let postgres = uzers::get_user_by_name("postgres").unwrap();
     write_passfile(passfile, &hosts.a_ip, primary.port, "replicator", PASSWORD);
     std::os::unix::fs::chown(passfile, Some(postgres.uid()), Some(postgres.primary_group_id())).unwrap();
     let slot = format!("pgha_{}", hosts.b_ip.replace('.', "_"));
     primary.psql(&format!("SELECT pg_create_physical_replication_slot('{slot}')"));
 
-    let standby = TestCluster::create(&major.to_string(), Some(&hosts.b.name));
+    // Members share a port, as on real hosts: promote and status ask the other member there.
+    let standby = TestCluster::create_on_port(&major.to_string(), Some(&hosts.b.name), primary.port);
     fs::remove_dir_all(standby.data_dir()).unwrap();
-    let conninfo = format!(
-        "host={} port={} user=replicator passfile={} sslmode=require",
-        hosts.a_ip,
-        primary.port,
-        passfile.display()
-    );
-    run_ok(hosts.b.exec("runuser").args(["-u", "postgres", "--"]).args([
-        &format!("/usr/lib/postgresql/{major}/bin/pg_basebackup"),
-        "-d",
-        &conninfo,
-        "-D",
-        standby.data_dir().to_str().unwrap(),
-        "-X",
-        "stream",
-        "--checkpoint=fast",
-    ]));
+    if Path::new(&format!("/usr/lib/postgresql/{major}/bin/pg_basebackup")).exists() {
+        let conninfo = format!(
+            "host={} port={} user=replicator passfile={} sslmode=require",
+            hosts.a_ip,
+            primary.port,
+            passfile.display()
+        );
+        run_ok(hosts.b.exec("runuser").args(["-u", "postgres", "--"]).args([
+            &format!("/usr/lib/postgresql/{major}/bin/pg_basebackup"),
+            "-d",
+            &conninfo,
+            "-D",
+            standby.data_dir().to_str().unwrap(),
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+        ]));
+    } else {
+        // A cold copy is as good a base backup as any: the slot exists first, so the WAL after
+        // the shutdown checkpoint is kept for the standby.
+        primary.stop();
+        run_ok(Command::new("cp").arg("-a").arg(primary.data_dir()).arg(standby.data_dir()));
+        let _ = fs::remove_file(standby.data_dir().join("postmaster.pid"));
+        primary.start();
+    }
 
     let rendered = tempfile::tempdir().unwrap();
     let root = rendered.path().to_str().unwrap();
@@ -257,4 +272,57 @@ fn check_streaming(major: u32, hosts: &HostPair, primary: &TestCluster, config: 
     assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
     primary.psql("CREATE TABLE pgha_version_probe AS SELECT 42 AS answer");
     standby.wait_for("SELECT answer FROM pgha_version_probe", "42", Duration::from_secs(30));
+    standby
+}
+
+/// status, verify and promote, live: both members report their roles, a change made on A
+/// reaches B, promote refuses while A is up and makes B the primary once A is down, and the
+/// members then name B, with no pgha.conf edited.
+fn check_day2(major: u32, hosts: &HostPair, primary: &TestCluster, standby: &TestCluster, config_a: &TestConfig) {
+    let text_a = fs::read_to_string(&config_a.path).unwrap();
+    let config_b = TestConfig::new(
+        &text_a
+            .replace(&format!("name = \"{}\"", primary.name), &format!("name = \"{}\"", standby.name))
+            .replace(&config_a.password_file.display().to_string(), "@PASSWORD_FILE@"),
+        PASSWORD,
+    );
+    let run_a =
+        |args: &[&str]| pgha_output(pgha(Some(&hosts.a.name)).args(["--config", config_a.path_str()]).args(args));
+    let run_b =
+        |args: &[&str]| pgha_output(pgha(Some(&hosts.b.name)).args(["--config", config_b.path_str()]).args(args));
+    let json = |out: &crate::common::PghaOutput| -> serde_json::Value {
+        serde_json::from_str(&out.stdout).unwrap_or_else(|error| panic!("{major}: not JSON ({error}): {}", out.stdout))
+    };
+
+    let status_a = run_a(&["status", "--json"]);
+    assert_eq!(status_a.code, 0, "{major}: status on A: {}\n{}", status_a.stdout, status_a.stderr);
+    let value = json(&status_a);
+    assert_eq!((value["role"].as_str(), value["standbys"][0]["state"].as_str()), (Some("primary"), Some("streaming")));
+    let status_b = run_b(&["status", "--json"]);
+    assert_eq!(status_b.code, 0, "{major}: status on B: {}\n{}", status_b.stdout, status_b.stderr);
+    let value = json(&status_b);
+    assert_eq!(value["role"], "standby", "{major}: {}", status_b.stdout);
+    assert_eq!(value["primary_address"], hosts.a_ip.as_str(), "{major}: {}", status_b.stdout);
+    for out in [run_a(&["verify"]), run_b(&["verify"])] {
+        assert_eq!(out.code, 0, "{major}: verify: {}\n{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains(&format!("standby {}", hosts.b_ip)), "{major}: {}", out.stdout);
+    }
+
+    let refused = run_b(&["promote"]);
+    assert_eq!(refused.code, 1, "{major}: promote while A is up: {}\n{}", refused.stdout, refused.stderr);
+    assert!(refused.stderr.contains("refusing to promote"), "{major}: {}", refused.stderr);
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
+    primary.stop();
+    let promoted = run_b(&["promote"]);
+    assert_eq!(promoted.code, 0, "{major}: promote: {}\n{}", promoted.stdout, promoted.stderr);
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "f");
+    let after = run_b(&["status", "--json"]);
+    let value = json(&after);
+    assert_eq!(
+        (value["role"].as_str(), value["configured_role"].as_str(), value["primary_address"].as_str()),
+        (Some("primary"), Some("primary"), Some(hosts.b_ip.as_str())),
+        "{major}: {}",
+        after.stdout
+    );
+    assert_eq!(fs::read_to_string(&config_a.path).unwrap(), text_a, "{major}: pgha.conf was edited");
 }
