@@ -117,6 +117,22 @@ pub struct Archive {
     pub keep: Duration,
 }
 
+/// What the fence does at start when no other member answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// Start as before: a lone survivor must come up.
+    Start,
+    /// Start fenced (in recovery, serving nobody) until a member answers and `pgha rejoin` runs.
+    ReadOnly,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub no_answer: NoAnswer,
+    /// How long the fence asks again while no member answers (the network may still be coming up).
+    pub wait: Duration,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub path: PathBuf,
@@ -125,6 +141,7 @@ pub struct Config {
     pub standby: Standby,
     pub replication: Replication,
     pub archive: Archive,
+    pub fence: Fence,
 }
 
 impl Config {
@@ -249,7 +266,26 @@ impl Config {
             return Err(bad("archive.keep", "must be longer than 0: expected a duration like \"7d\"".into()));
         }
 
-        Ok(Config { path: path.to_path_buf(), cluster, primary, standby, replication, archive })
+        let raw_fence = raw.fence.unwrap_or_default();
+        let no_answer = match raw_fence.no_answer.as_deref().unwrap_or(DEFAULTS.fence_no_answer) {
+            "start" => NoAnswer::Start,
+            "read-only" => NoAnswer::ReadOnly,
+            other => {
+                return Err(bad("fence.no_answer", format!("{other:?}: expected \"start\" or \"read-only\"")));
+            }
+        };
+        let wait_text = raw_fence.wait.as_deref().unwrap_or(DEFAULTS.fence_wait);
+        let wait = parse_duration(wait_text).map_err(|message| bad("fence.wait", message))?;
+        // Every start of the cluster waits this long when no member answers; past that it holds up the boot.
+        if wait > Duration::from_secs(600) {
+            return Err(bad(
+                "fence.wait",
+                format!("{wait_text:?} is longer than 10min: expected a duration such as \"30s\""),
+            ));
+        }
+        let fence = Fence { no_answer, wait };
+
+        Ok(Config { path: path.to_path_buf(), cluster, primary, standby, replication, archive, fence })
     }
 
     /// Every node pgha knows of, primary first.
@@ -384,6 +420,22 @@ mod tests {
             };
             let error = parse(&text).expect_err(line).to_string();
             assert!(error.contains(key), "{line:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_fence_starts_alone_by_default_and_stays_read_only_when_asked() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.fence, Fence { no_answer: NoAnswer::Start, wait: Duration::from_secs(30) });
+        let config = parse(&format!("{MINIMAL}[fence]\nno_answer = \"read-only\"\nwait = \"5s\"\n")).unwrap();
+        assert_eq!(config.fence, Fence { no_answer: NoAnswer::ReadOnly, wait: Duration::from_secs(5) });
+        for (line, key) in [
+            ("no_answer = \"fence\"", "fence.no_answer"),
+            ("wait = \"soon\"", "fence.wait"),
+            ("wait = \"1h\"", "fence.wait"),
+        ] {
+            let error = parse(&format!("{MINIMAL}[fence]\n{line}\n")).unwrap_err().to_string();
+            assert!(error.contains(key), "{line}: {error}");
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Defaults {
     pub archive_enabled: bool,
     pub archive_directory: &'static str,
     pub keep: &'static str,
+    pub fence_no_answer: &'static str,
+    pub fence_wait: &'static str,
 }
 
 pub const DEFAULTS: Defaults = Defaults {
@@ -45,6 +47,8 @@ pub const DEFAULTS: Defaults = Defaults {
     archive_enabled: true,
     archive_directory: DEFAULT_ARCHIVE_DIR,
     keep: "7d",
+    fence_no_answer: "start",
+    fence_wait: "30s",
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +59,7 @@ pub struct RawConfig {
     pub standby: Option<RawStandby>,
     pub replication: Option<RawReplication>,
     pub archive: Option<RawArchive>,
+    pub fence: Option<RawFence>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,4 +104,11 @@ pub struct RawArchive {
     pub enabled: Option<bool>,
     pub directory: Option<PathBuf>,
     pub keep: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFence {
+    pub no_answer: Option<String>,
+    pub wait: Option<String>,
 }
