@@ -57,6 +57,16 @@ pub enum Command {
     Promote(crate::cmd::promote::PromoteArgs),
     /// Turn a former primary into a standby of the current primary (pg_rewind, or a full clone)
     Rejoin(crate::cmd::rejoin::RejoinArgs),
+    /// Start a returning old primary fenced (run by postgresql@.service before every start)
+    #[command(long_about = "Run by postgresql@.service (ExecStartPre) before a cluster starts. For the cluster \
+                            pgha.conf manages, when it would start writable and another member is the primary on \
+                            a timeline that continues this cluster's (a failover happened while this host was \
+                            away), it writes the standby signal and conf.d/zz-pgha-fence.conf (hot_standby = off): \
+                            the cluster starts in recovery, takes no writes and serves no reads until `pgha \
+                            rejoin`. Returns at once for any other cluster and for a cluster that starts in \
+                            recovery anyway; never takes pgha's lock. When no member answers within fence.wait it \
+                            starts the cluster as before, or fenced with fence.no_answer = \"read-only\".")]
+    Fence(crate::cmd::fence::FenceArgs),
     /// Write /etc/pgha/pgha.conf and the password file (used by the package's postinst)
     WriteConfig(crate::cmd::write_config::WriteConfigArgs),
     /// Write man pages and shell completions (used by the package build)

@@ -9,6 +9,7 @@ mod cmd;
 mod config;
 mod debian;
 mod error;
+mod fence;
 mod files;
 #[cfg(test)]
 mod fuzz_tests;
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => args.run(config),
         Command::Promote(args) => args.run(config),
         Command::Rejoin(args) => args.run(config),
+        Command::Fence(args) => args.run(config),
         Command::WriteConfig(args) => args.run(config),
         Command::GenerateDocs(args) => args.run(Cli::command()),
     };

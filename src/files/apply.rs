@@ -85,6 +85,16 @@ impl Transaction {
         Ok(())
     }
 
+    /// Removes the file at `path` (never a directory, never following a link), to be put back
+    /// on rollback. Says whether there was one.
+    pub fn remove(&mut self, path: &Path) -> Result<bool> {
+        let Some(content) = crate::files::secure::read_text_capped(path, 64 << 20)? else { return Ok(false) };
+        let ownership = existing_ownership(path)?;
+        remove_entry(path, false)?;
+        self.undo.push(Undo::Restore { path: path.to_path_buf(), content, ownership });
+        Ok(true)
+    }
+
     /// Keeps every change.
     pub fn commit(mut self) {
         self.undo.clear();
@@ -182,6 +192,21 @@ mod tests {
         transaction.rollback().unwrap();
         assert_eq!(fs::read_to_string(&existing).unwrap(), "old\n");
         assert!(!dir.path().join("made").exists());
+    }
+
+    #[test]
+    fn a_removed_file_comes_back_on_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fence.conf");
+        fs::write(&path, "hot_standby = off\n").unwrap();
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+        let mut transaction = Transaction::new();
+        assert!(transaction.remove(&path).unwrap());
+        assert!(!path.exists());
+        assert!(!transaction.remove(&dir.path().join("absent")).unwrap());
+        transaction.rollback().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "hot_standby = off\n");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
     }
 
     #[test]
