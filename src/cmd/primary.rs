@@ -37,6 +37,9 @@ impl PrimaryArgs {
         if !self.dry_run {
             crate::lock::take_for_run(&cluster.id(), "pgha primary", self.wait)?;
         }
+        if let Some(fence) = crate::fence::read(cluster)? {
+            bail!("cluster {} is {}", cluster.id(), fence.message());
+        }
         node.require_online()?;
         let own_address = require_member_address(config, "pgha primary")?;
         if query_bool(&Target::local(cluster), "SELECT pg_is_in_recovery()")? {

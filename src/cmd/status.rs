@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use crate::config::Config;
 use crate::debian::Cluster;
-use crate::health::{describe, format_table, ClusterReport, Limits, Report};
+use crate::health::{describe, fenced, format_table, ClusterReport, Limits, Report};
 use crate::members::find_primary;
 use crate::node::{find_local_address, Node};
 use crate::replication::{parse_snapshot, snapshot_sql, Health, LagLimit};
@@ -102,6 +102,11 @@ fn gather(config_path: &Path, limits: &Limits) -> Result<Report> {
                 config_path.display()
             ),
         );
+    }
+    if let Some(fence) = crate::fence::read(&cluster)? {
+        // A fenced server refuses every connection: the fence's own file is what tells.
+        fenced(&mut report, &fence);
+        return Ok(report);
     }
     if !online {
         report.problem(Health::Critical, format!("cluster {} is down", cluster.id()));

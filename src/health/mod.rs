@@ -45,6 +45,13 @@ fn describe_lag(lag: Lag) -> String {
     format!("{bytes}, {seconds}")
 }
 
+/// A fenced cluster (started in recovery with hot_standby off after a failover it missed) answers
+/// no query; it is CRITICAL until `pgha rejoin` makes it a standby.
+pub fn fenced(report: &mut Report, fence: &crate::fence::Fence) {
+    report.role = Some("standby");
+    report.problem(Health::Critical, fence.message());
+}
+
 /// The health rules, applied to one snapshot. Kept free of I/O.
 pub fn describe(report: &mut Report, config: &Config, cluster: &Cluster, snapshot: &Snapshot, limits: &Limits) {
     let role = if snapshot.in_recovery { "standby" } else { "primary" };

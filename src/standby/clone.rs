@@ -336,7 +336,8 @@ pub fn write_config_files(
         log::info!("writing {}", change.path.display());
         transaction.write(&change)?;
     }
-    Ok(())
+    // The cluster is a proper standby of the primary from here: a fence must not keep it from serving reads.
+    crate::fence::take_down(context.cluster, transaction)
 }
 
 fn undo_before_swap(

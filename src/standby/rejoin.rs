@@ -38,7 +38,14 @@ pub fn rejoin(context: &StandbyContext, options: &RejoinOptions) -> Result<Rejoi
     if query_bool(&remote, "SELECT pg_is_in_recovery()")? {
         bail!("the configured primary {} is in recovery: promote it first (`pgha promote` there)", context.primary);
     }
-    if !options.full_clone && wait_streaming_from_primary(context, &system_identifier, RECONNECT_PATIENCE)? {
+    let fenced = crate::fence::read(context.cluster)?.is_some();
+    if fenced {
+        log::info!(
+            "cluster {} is fenced: it starts in recovery and serves nobody until this rejoin",
+            context.cluster.id()
+        );
+    }
+    if !options.full_clone && !fenced && wait_streaming_from_primary(context, &system_identifier, RECONNECT_PATIENCE)? {
         return Ok(Rejoined::AlreadyStreaming);
     }
     let primary = preflight(context, &passfile.path, system_identifier)?;
