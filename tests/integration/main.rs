@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod day2;
+mod fence;
 mod golden;
 mod primary;
 mod secrets;
