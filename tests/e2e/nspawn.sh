@@ -116,6 +116,8 @@ for host in "$primary" "$standby"; do
     check "$host: man pages pgha(8) and pgha.conf(5) installed" \
         in_host "$host" test -f /usr/share/man/man8/pgha.8.gz -a -f /usr/share/man/man5/pgha.conf.5.gz
     check "$host: bash completion installed" in_host "$host" test -f /usr/share/bash-completion/completions/pgha
+    check "$host: postgresql@.service runs the fence (the drop-in is loaded)" \
+        bash -c "nsenter -t $(cat "$(host_dir "$host")/leader.pid") -a -- systemctl show -P DropInPaths postgresql@$pg-main | grep -q pgha-fence.conf"
 done
 # The package's autopkgtest scripts (debian/tests), run on an installed host.
 cp -r "$here/../../debian/tests" "$(host_dir "$primary")/root/root/autopkgtest"
@@ -242,6 +244,88 @@ caught_up() { [ "$(psql_in "$standby" -d pghatest -c "SELECT string_agg(name, ',
 check "the standby caught up with writes made after the primary's restart" eventually 90 caught_up
 check "the standby streams from the restarted primary" eventually 30 streaming_to_standby
 
+# Seconds from systemd's "Starting" of postgresql@PG-main to pgha fence's last line, in its last
+# start on HOST (the time the fence adds to that start), and to the unit's "Started".
+fence_seconds() {
+    in_host "$1" journalctl -u "postgresql@$pg-main" -o short-unix --no-pager | awk '
+        / systemd\[1\]: Starting / { start = $1; fence = ""; up = "" }
+        / pgha\[[0-9]+\]: / { fence = $1 }
+        / systemd\[1\]: Started / { up = $1 }
+        END { printf "fence %s s, unit start %s s\n", fence ? sprintf("%.2f", fence - start) : "(silent)", up ? sprintf("%.2f", up - start) : "?" }'
+}
+echo "    boot of the primary, the standby answering: $(fence_seconds "$primary")"
+
+echo "-- failover while the primary is off; it boots fenced and takes no write; rejoin"
+host_stop "$primary"
+check "pgha promote --force on the standby" in_host "$standby" pgha promote --force
+psql_in "$standby" -c "CREATE TABLE after_failover (n int); INSERT INTO after_failover VALUES (1)" >/dev/null
+# A client on the old primary tries to write from the moment its container exists until told to stop.
+writes=$(mktemp -d)
+(
+    n=0
+    while [ ! -e "$writes/stop" ]; do
+        n=$((n + 1))
+        if leader=$(cat "$(host_dir "$primary")/leader.pid" 2>/dev/null) && [ -n "$leader" ]; then
+            if nsenter -t "$leader" -a -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PGCONNECT_TIMEOUT=2 \
+                runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 \
+                -c "CREATE TABLE IF NOT EXISTS fence_probe (n int); INSERT INTO fence_probe VALUES ($n)" >>"$writes/log" 2>&1; then
+                echo "$n" >>"$writes/accepted"
+            fi
+        fi
+        sleep 0.05
+    done
+) &
+writer=$!
+host_boot "$primary" "$bridge"
+sleep 5
+touch "$writes/stop"
+wait "$writer"
+check "no write was accepted by the old primary while it booted ($(grep -c . "$writes/log" 2>/dev/null || echo 0) refusals)" \
+    test ! -s "$writes/accepted"
+check "... whose server ran and refused clients (hot standby off)" grep -q "Hot standby mode is disabled" "$writes/log"
+grep -m1 "Hot standby mode is disabled" "$writes/log" | sed 's/^/    /'
+rm -rf "$writes"
+check "the journal of postgresql@$pg-main says it is fenced" \
+    bash -c "nsenter -t $(cat "$(host_dir "$primary")/leader.pid") -a -- journalctl -b -u postgresql@$pg-main -o cat --no-pager | grep -F 'fenced: $standby_ip is the primary; run \`pgha rejoin\`'"
+echo "    fenced boot of the old primary, the new primary answering: $(fence_seconds "$primary")"
+check "pgha-primary at boot refused the fenced cluster, saying so" \
+    bash -c "nsenter -t $(cat "$(host_dir "$primary")/leader.pid") -a -- journalctl -b -u pgha-primary -o cat --no-pager | grep -q 'is fenced: $standby_ip is the primary'"
+status_output=$(in_host "$primary" pgha status 2>&1)
+status_code=$?
+check "pgha status on the fenced host is CRITICAL (exit 2)" test "$status_code" -eq 2
+check "... and says it is fenced" grep -q "fenced: $standby_ip is the primary" <<<"$status_output"
+printf '%s\n' "$status_output" | head -3 | sed 's/^/    /'
+check "pgha rejoin on the old primary, with no config edit" in_host "$primary" pgha rejoin
+check "... removed the fence" in_host "$primary" test ! -e /etc/postgresql/$pg/main/conf.d/zz-pgha-fence.conf
+old_primary_streaming() { [ "$(psql_in "$primary" -c "SELECT status FROM pg_stat_wal_receiver")" = streaming ]; }
+check "the old primary streams from the new one" eventually 60 old_primary_streaming
+has_new_rows() { [ "$(psql_in "$primary" -c "SELECT count(*) FROM after_failover")" = 1 ]; }
+check "... with the new primary's rows" eventually 30 has_new_rows
+check "no write of the fenced host reached the new primary" \
+    test "$(psql_in "$standby" -c "SELECT count(*) FROM pg_class WHERE relname = 'fence_probe'")" = 0
+roles=""
+for host in "$primary" "$standby"; do
+    json=$(in_host "$host" pgha status --json)
+    check "$host: pgha status after the rejoin is OK (exit 0)" test $? -eq 0
+    roles="$roles $(printf '%s' "$json" | sed -n 's/^  "role": "\(.*\)",$/\1/p')"
+done
+check "status on both hosts shows one primary:$roles" test "$(echo $roles)" = "standby primary"
+check "pgha.conf is the same on both hosts (no edit)" \
+    test "$(in_host "$primary" sha256sum /etc/pgha/pgha.conf | cut -d' ' -f1)" = "$(in_host "$standby" sha256sum /etc/pgha/pgha.conf | cut -d' ' -f1)"
+
+echo "-- the fence's cost and fallbacks on the new primary"
+in_host "$standby" systemctl restart "postgresql@$pg-main"
+echo "    restart of the new primary, the other member answering: $(fence_seconds "$standby")"
+host_stop "$primary"
+check "with no member answering, the new primary still starts (fence.no_answer = start)" \
+    in_host "$standby" systemctl restart "postgresql@$pg-main"
+check "... writable" test "$(psql_in "$standby" -c "SELECT pg_is_in_recovery()")" = f
+echo "    restart of the new primary, no member answering: $(fence_seconds "$standby")"
+in_host "$standby" mv /usr/sbin/pgha /usr/sbin/pgha.away
+check "without pgha's binary, postgresql@$pg-main still starts (ExecStartPre=-)" \
+    in_host "$standby" systemctl restart "postgresql@$pg-main"
+in_host "$standby" mv /usr/sbin/pgha.away /usr/sbin/pgha
+
 echo "-- upgrade keeps a hand-edited pgha.conf; dpkg-reconfigure rewrites it"
 in_host "$standby" sed -i 's/^keep = .*/keep = "14d"  # edited by hand/' /etc/pgha/pgha.conf
 check "reinstalling the package (an upgrade's path) succeeds" \
@@ -285,6 +369,7 @@ echo "-- apt purge pgha leaves PostgreSQL data intact"
 identifier_before=$(in_host "$standby" runuser -u postgres -- /usr/lib/postgresql/$pg/bin/pg_controldata "$datadir" | grep 'system identifier')
 check "apt purge pgha" in_host "$standby" env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q pgha
 check "purge removed /etc/pgha" in_host "$standby" test ! -e /etc/pgha
+check "purge removed the fence's drop-in" bash -c "! nsenter -t $(cat "$(host_dir "$standby")/leader.pid") -a -- systemctl show -P DropInPaths postgresql@$pg-main | grep -q pgha-fence"
 check "purge removed pgha's passfile" in_host "$standby" test ! -e /var/lib/postgresql/.pgha.pgpass
 check "purge removed pgha's debconf answers" bash -c "[ -z \"\$(nsenter -t $(cat "$(host_dir "$standby")/leader.pid") -a -- debconf-show pgha 2>/dev/null)\" ]"
 check "the cluster, its data and config are intact after purge" \
