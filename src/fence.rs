@@ -263,6 +263,49 @@ mod tests {
         assert_eq!(Fence { primary: Some(primary) }.message(), "fenced: 192.0.2.11 is the primary; run `pgha rejoin`");
     }
 
+    /// The postgres account owns conf.d and the data directory: what it plants there must not
+    /// steer root's writes elsewhere.
+    #[test]
+    fn planted_links_never_take_the_fence_outside_the_clusters_trees() {
+        use std::os::unix::fs::symlink;
+        if !nix::unistd::getuid().is_root() || postgres_account().is_err() {
+            eprintln!("skipped: needs root and a postgres account");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let canary = tempfile::tempdir().unwrap();
+        std::fs::write(canary.path().join("secret"), "root's\n").unwrap();
+        let mut cluster = Cluster::debian_default(crate::version::PgVersion::new(15, 0), "main");
+        cluster.data_dir = root.path().join("data");
+        cluster.config_dir = root.path().join("config");
+        std::fs::create_dir_all(&cluster.data_dir).unwrap();
+        std::fs::create_dir_all(&cluster.config_dir).unwrap();
+        // A signal file that is a link to root's file is replaced, never written through; a
+        // conf.d that is a link to root's directory gets no file.
+        let postgres = postgres_account().unwrap();
+        let as_postgres = |path: &Path| {
+            std::os::unix::fs::lchown(path, Some(postgres.uid), Some(postgres.gid)).unwrap();
+        };
+        as_postgres(&cluster.data_dir);
+        as_postgres(&cluster.config_dir);
+        symlink(canary.path().join("secret"), cluster.data_dir.join("standby.signal")).unwrap();
+        as_postgres(&cluster.data_dir.join("standby.signal"));
+        symlink(canary.path(), cluster.config_dir.join("conf.d")).unwrap();
+        as_postgres(&cluster.config_dir.join("conf.d"));
+        let error = put_up(&cluster, None, "test").unwrap_err();
+        assert!(format!("{error:#}").contains("symbolic link"), "{error:#}");
+        assert_eq!(std::fs::read_to_string(canary.path().join("secret")).unwrap(), "root's\n");
+        assert!(!canary.path().join(FRAGMENT_NAME).exists(), "the fence wrote through the planted conf.d");
+        assert!(std::fs::symlink_metadata(cluster.data_dir.join("standby.signal")).unwrap().is_file());
+        // A data directory that is a link is refused before anything is written.
+        std::fs::remove_dir_all(&cluster.data_dir).unwrap();
+        as_postgres(root.path());
+        symlink(canary.path(), &cluster.data_dir).unwrap();
+        as_postgres(&cluster.data_dir);
+        assert!(put_up(&cluster, None, "test").is_err());
+        assert!(!canary.path().join("standby.signal").exists(), "the fence wrote through the planted data directory");
+    }
+
     #[test]
     fn the_fragment_sorts_after_pghas_own() {
         // PostgreSQL reads conf.d in strcmp order; the later hot_standby wins.
