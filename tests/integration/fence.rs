@@ -85,6 +85,17 @@ fn status_json(out: &PghaOutput) -> serde_json::Value {
 
 #[test]
 fn a_returning_old_primary_starts_fenced_takes_no_write_and_rejoins_without_an_edit() {
+    returning_old_primary(false);
+}
+
+/// After a crash the fenced start is also its crash recovery, as a standby; rejoin then finds it
+/// "shut down in recovery", which pg_rewind accepts.
+#[test]
+fn an_old_primary_that_crashed_with_a_fork_starts_fenced_and_rewinds() {
+    returning_old_primary(true);
+}
+
+fn returning_old_primary(crash: bool) {
     let Some(p) = TwoHosts::new("15", PASSWORD) else { return };
     let (a, b) = (&p.a, &p.b);
     let out = p.run_b(&["standby"]);
@@ -94,10 +105,25 @@ fn a_returning_old_primary_starts_fenced_takes_no_write_and_rejoins_without_an_e
     b.wait_for("SELECT count(*) FROM rows", "10", WAIT);
     let configs_before = (fs::read(&p.config_a.path).unwrap(), fs::read(&p.config_b.path).unwrap());
 
-    // A powers off; B is promoted by hand and takes writes.
-    a.stop();
-    let promoted = p.run_b(&["promote", "--force"]);
-    assert_eq!(promoted.code, 0, "{}\n{}", promoted.stdout, promoted.stderr);
+    // A powers off (or dies after writing rows B never gets); B is promoted by hand and takes writes.
+    if crash {
+        let veth = veth_of(&p.hosts.b.name);
+        run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "down"]));
+        a.psql("INSERT INTO rows SELECT 'fork' FROM generate_series(1, 7)");
+        let pid = fs::read_to_string(a.data_dir().join("postmaster.pid")).unwrap();
+        run_ok(Command::new("kill").args(["-KILL", pid.lines().next().unwrap().trim()]));
+        let promoted = p.run_b(&["promote", "--force"]);
+        assert_eq!(promoted.code, 0, "{}\n{}", promoted.stdout, promoted.stderr);
+        run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "up"]));
+        // The killed postmaster's children go when they notice; the start below must find them gone.
+        std::thread::sleep(Duration::from_secs(2));
+    } else {
+        a.stop();
+    }
+    let promoted_now = if crash { None } else { Some(p.run_b(&["promote", "--force"])) };
+    if let Some(promoted) = promoted_now {
+        assert_eq!(promoted.code, 0, "{}\n{}", promoted.stdout, promoted.stderr);
+    }
     b.psql("INSERT INTO rows SELECT 'after-failover' FROM generate_series(1, 5)");
 
     // A boots: the drop-in's ExecStartPre, then the start, with a client writing from the first moment.
@@ -137,6 +163,13 @@ fn a_returning_old_primary_starts_fenced_takes_no_write_and_rejoins_without_an_e
 
     let rejoined = p.run_a(&["rejoin"]);
     assert_eq!(rejoined.code, 0, "{}\n{}", rejoined.stdout, rejoined.stderr);
+    if crash {
+        assert!(
+            rejoined.stdout.contains("with pg_rewind") && rejoined.stdout.contains("diverged"),
+            "{}",
+            rejoined.stdout
+        );
+    }
     assert!(!fence_file(a).exists(), "rejoin removed the fence");
     b.psql("INSERT INTO rows SELECT 'after-rejoin' FROM generate_series(1, 3)");
     a.wait_for("SELECT count(*) FROM rows", "18", WAIT);
@@ -155,6 +188,17 @@ fn a_returning_old_primary_starts_fenced_takes_no_write_and_rejoins_without_an_e
         assert!(!run.stdout.contains("fenced"), "{host}: {}", run.stdout);
         assert!(run.code < 2, "{host} status: {}", run.stdout);
     }
+}
+
+/// The veth of host NETNS, whose link the crash test cuts so the fork stays on A.
+fn veth_of(netns: &str) -> String {
+    let links = run_ok(Command::new("ip").args(["-n", netns, "-o", "link", "show"]));
+    links
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap().to_string())
+        .find(|name| name != "lo")
+        .expect("the host has a veth")
 }
 
 /// One cluster on A whose only other member (B's address) has no server: nobody answers.
