@@ -325,4 +325,40 @@ fn check_day2(major: u32, hosts: &HostPair, primary: &TestCluster, standby: &Tes
         after.stdout
     );
     assert_eq!(fs::read_to_string(&config_a.path).unwrap(), text_a, "{major}: pgha.conf was edited");
+
+    // The old primary comes back: the fence, run as postgresql@.service runs it, starts it fenced
+    // (recovery.conf on 10 and 11, standby.signal from 12; hot_standby off on all). It reads the
+    // stopped cluster's pg_control with the major's own pg_controldata, which Debian's server
+    // packages ship and the servers tests/pgversions installs lack.
+    if !Path::new(&format!("/usr/lib/postgresql/{major}/bin/pg_controldata")).exists() {
+        eprintln!("SKIPPED the fence on {major}: no pg_controldata {major} on this machine");
+        return;
+    }
+    // B's pg_hba.conf is Debian's own here (pgha standby would have added A's lines): let A ask B.
+    let hba_b = standby.config_dir().join("pg_hba.conf");
+    let mut hba = fs::read_to_string(&hba_b).unwrap();
+    for database in ["replication", "postgres"] {
+        hba.insert_str(0, &format!("hostssl {database} replicator {}/32 scram-sha-256\n", hosts.a_ip));
+    }
+    fs::write(&hba_b, hba).unwrap();
+    standby.psql("SELECT pg_reload_conf()");
+    let fenced = run_a(&["fence", &format!("{}-{}", primary.version, primary.name)]);
+    assert_eq!(fenced.code, 0, "{major}: fence: {}", fenced.stderr);
+    assert!(fenced.stderr.contains(&format!("fenced: {} is the primary", hosts.b_ip)), "{major}: {}", fenced.stderr);
+    let _ = crate::common::run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &hosts.a.name,
+        "pg_ctlcluster",
+        &primary.version,
+        &primary.name,
+        "start",
+    ]));
+    assert!(primary.is_running(), "{major}: the fenced cluster did not start: {}", primary.log());
+    let refused =
+        primary.try_psql("CREATE TABLE written_while_fenced (n int)").expect_err("a fenced cluster takes no write");
+    assert!(refused.contains("not accepting connections"), "{major}: {refused}");
+    let status = run_a(&["status"]);
+    assert_eq!(status.code, 2, "{major}: status on the fenced A: {}\n{}", status.stdout, status.stderr);
+    assert!(status.stdout.contains("fenced:"), "{major}: {}", status.stdout);
 }
