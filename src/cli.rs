@@ -57,6 +57,8 @@ pub enum Command {
     Promote(crate::cmd::promote::PromoteArgs),
     /// Turn a former primary into a standby of the current primary (pg_rewind, or a full clone)
     Rejoin(crate::cmd::rejoin::RejoinArgs),
+    /// Hand the primary role to a caught-up standby (run on the primary; PostgreSQL 12+), losing no commit
+    Switchover(crate::cmd::switchover::SwitchoverArgs),
     /// Write /etc/pgha/pgha.conf and the password file (used by the package's postinst)
     WriteConfig(crate::cmd::write_config::WriteConfigArgs),
     /// Write man pages and shell completions (used by the package build)

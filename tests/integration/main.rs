@@ -10,6 +10,7 @@ mod golden;
 mod primary;
 mod secrets;
 mod standby;
+mod switchover;
 mod tls;
 mod trust;
 mod versions;
