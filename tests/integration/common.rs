@@ -429,10 +429,10 @@ pub fn host_trio() -> HostTrio {
          ip -n {a} addr add {ip_a}/24 dev br{tag}
          for h in b c; do
            [ $h = b ] && ns={b} addr={ip_b} || {{ ns={c}; addr={ip_c}; }}
-           ip link add s$h{tag} type veth peer name h$h{tag}
-           ip link set s$h{tag} netns {a}; ip link set h$h{tag} netns $ns
-           ip -n {a} link set s$h{tag} master br{tag}; ip -n {a} link set s$h{tag} up
-           ip -n $ns addr add $addr/24 dev h$h{tag}; ip -n $ns link set h$h{tag} up; ip -n $ns link set lo up
+           ip link add s${{h}}{tag} type veth peer name h${{h}}{tag}
+           ip link set s${{h}}{tag} netns {a}; ip link set h${{h}}{tag} netns $ns
+           ip -n {a} link set s${{h}}{tag} master br{tag}; ip -n {a} link set s${{h}}{tag} up
+           ip -n $ns addr add $addr/24 dev h${{h}}{tag}; ip -n $ns link set h${{h}}{tag} up; ip -n $ns link set lo up
          done",
         ip_a = ip(1),
         ip_b = ip(2),
