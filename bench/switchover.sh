@@ -96,17 +96,20 @@ by_pgha() {
     local old=$1 new=$2
     on "$(ns_of "$old")" "$PGHA" --config "$(conf_of "$old")" switchover --to "$(ip_of "$new")" > "$WORK/pgha.out" 2>&1 \
         || { cat "$WORK/pgha.out"; exit 1; }
-    sed -n 's/.*accepted a write \([0-9]*\) ms after.*/  pgha: stop to first write on the new primary \1 ms/p' "$WORK/pgha.out"
+    grep -m1 'accepted a write' "$WORK/pgha.out" | sed 's/.*accepted a write \([0-9]*\) ms after.*/  pgha: stop to first write on the new primary \1 ms/'
 }
 
 by_hand() {
     local old=$1 new=$2 final
     on "$(ns_of "$old")" pg_ctlcluster $VERSION "$old" stop -m fast
-    final=$(LANG=C runuser -u postgres -- $BIN/pg_controldata /var/lib/postgresql/$VERSION/"$old" | sed -n 's/^Latest checkpoint location: *//p')
+    final=$(LANG=C.UTF-8 runuser -u postgres -- $BIN/pg_controldata /var/lib/postgresql/$VERSION/"$old" | sed -n 's/^Latest checkpoint location: *//p')
     until [ "$(psql_cl "$new" -c "SELECT pg_last_wal_replay_lsn() > '$final'")" = t ]; do sleep 0.01; done
     psql_cl "$new" -c "SELECT pg_promote(true, 60)" >/dev/null
-    # Not timed: the old primary follows, ready for the next round.
-    on "$(ns_of "$old")" "$PGHA" --config "$(conf_of "$old")" rejoin >/dev/null 2>&1
+    # Not timed: the old primary follows, ready for the next round. pg_rewind reads the new timeline from
+    # pg_control, which the end-of-recovery checkpoint updates only when it ends (pgha promote writes one too).
+    psql_cl "$new" -c "CHECKPOINT" >/dev/null
+    on "$(ns_of "$old")" "$PGHA" --config "$(conf_of "$old")" rejoin > "$WORK/rejoin.out" 2>&1 \
+        || { cat "$WORK/rejoin.out"; exit 1; }
 }
 
 declare -a PGHA_S HAND_S

@@ -310,6 +310,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_standby_lists_every_other_member_from_10_with_its_upstream_first() {
+        let text = "[primary]\naddress = \"10.0.0.1\"\n[standby]\naddresses = [\"10.0.0.2\", \"10.0.0.3\"]\n";
+        let config = Config::parse(Path::new("/etc/pgha/pgha.conf"), text).unwrap();
+        let address = |text: &str| -> IpAddr { text.parse().unwrap() };
+        let facts = |version| Facts::assumed(version, "main", address("10.0.0.3"), address("10.0.0.2"));
+        let v15 = primary_conninfo(&config, &facts(PgVersion::new(15, 0)));
+        assert!(v15.starts_with("host=10.0.0.2,10.0.0.1 "), "{v15}");
+        assert!(v15.contains(" target_session_attrs=read-write "), "{v15}");
+        let v96 = primary_conninfo(&config, &facts(PgVersion::new(9, 6)));
+        assert!(v96.starts_with("host=10.0.0.2 ") && !v96.contains("target_session_attrs"), "{v96}");
+    }
+
+    #[test]
     fn slot_names_are_valid_postgresql_slot_names() {
         assert_eq!(standby_name("10.231.0.2".parse().unwrap()), "pgha_10_231_0_2");
         let v6 = standby_name("2001:db8::B".parse().unwrap());
