@@ -67,6 +67,8 @@ pub enum Command {
                             recovery anyway; never takes pgha's lock. When no member answers within fence.wait it \
                             starts the cluster as before, or fenced with fence.no_answer = \"read-only\".")]
     Fence(crate::cmd::fence::FenceArgs),
+    /// Hand the primary role to a caught-up standby (run on the primary; PostgreSQL 12+), losing no commit
+    Switchover(crate::cmd::switchover::SwitchoverArgs),
     /// Write /etc/pgha/pgha.conf and the password file (used by the package's postinst)
     WriteConfig(crate::cmd::write_config::WriteConfigArgs),
     /// Write man pages and shell completions (used by the package build)

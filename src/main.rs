@@ -31,6 +31,7 @@ mod size;
 #[cfg(test)]
 mod sql_signatures;
 mod standby;
+mod switchover;
 mod tools;
 mod upstream;
 mod version;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         Command::Promote(args) => args.run(config),
         Command::Rejoin(args) => args.run(config),
         Command::Fence(args) => args.run(config),
+        Command::Switchover(args) => args.run(config),
         Command::WriteConfig(args) => args.run(config),
         Command::GenerateDocs(args) => args.run(Cli::command()),
     };

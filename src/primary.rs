@@ -18,7 +18,7 @@ use crate::files::plan::{existing_ownership, read_config_text, rendered_file_cha
 use crate::host::postgres_account;
 use crate::password::{stored_matches, verifier_for};
 use crate::quote::{sql_identifier, sql_literal};
-use crate::render::{conf_fragment_path, render, Facts, Role};
+use crate::render::{conf_fragment_path, render, Facts, Role, PROMOTE_ROLE};
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
 use crate::tools::psql::{parse_bool, query, query_bool, query_value, wait_until_ready, Target};
 use crate::version::PgVersion;
@@ -104,6 +104,7 @@ pub fn plan(config: &Config, cluster: &Cluster, facts: &Facts, target: &Target, 
     }
     plan.steps.extend(role_step(config, cluster, target, password)?);
     plan.steps.extend(rewind_grants_step(config, cluster, target)?);
+    plan.steps.extend(promote_role_steps(config, cluster, target)?);
     Ok(plan)
 }
 
@@ -221,6 +222,62 @@ pub(crate) fn quiet_session_sql(version: PgVersion) -> String {
         settings.push("log_min_duration_sample = -1");
     }
     settings.iter().map(|setting| format!("SET {setting};\n")).collect()
+}
+
+/// From 12, `pgha switchover` promotes the target standby with pg_promote() over SQL, as
+/// PROMOTE_ROLE: a role that may do nothing else (EXECUTE on that one function) and has no
+/// password at rest. A switchover arms it with a one-time password (see switchover.rs). Not the
+/// replication role: its password is in a passfile on every standby, readable by each standby's
+/// postgres account, and must not be enough to promote a standby behind the primary's back.
+fn promote_role_steps(config: &Config, cluster: &Cluster, target: &Target) -> Result<Vec<Step>> {
+    if !cluster.version.has_pg_promote() {
+        return Ok(Vec::new());
+    }
+    if config.replication.user == PROMOTE_ROLE {
+        return Err(ConfigError::key(
+            &config.path,
+            "replication.user",
+            format!("{PROMOTE_ROLE:?} is the role pgha uses for switchover: expected another name"),
+        )
+        .into());
+    }
+    let rows = query(target, &promote_role_query_sql())?;
+    let mut steps = Vec::new();
+    let granted = match rows.first().map(Vec::as_slice) {
+        None => {
+            let statement = create_promote_role_sql();
+            steps.push(Step::Sql { shown: statement.clone(), sql: format!("{statement};\n") });
+            false
+        }
+        Some([superuser, granted]) => {
+            if parse_bool(superuser)? {
+                bail!("role {PROMOTE_ROLE:?} exists and is a superuser; pgha will not use or demote it: drop it, and `pgha primary` creates it as it needs it");
+            }
+            parse_bool(granted)?
+        }
+        Some(row) => bail!("unexpected pg_authid row {row:?}"),
+    };
+    if !granted {
+        let statement = grant_pg_promote_sql();
+        steps.push(Step::Sql { shown: statement.clone(), sql: format!("{statement};\n") });
+    }
+    Ok(steps)
+}
+
+pub(crate) fn promote_role_query_sql() -> String {
+    format!(
+        "SELECT rolsuper, has_function_privilege(oid, 'pg_catalog.pg_promote(boolean, integer)', 'EXECUTE') \
+         FROM pg_authid WHERE rolname = {}",
+        sql_literal(PROMOTE_ROLE)
+    )
+}
+
+pub(crate) fn create_promote_role_sql() -> String {
+    format!("CREATE ROLE {} NOLOGIN NOSUPERUSER NOINHERIT", sql_identifier(PROMOTE_ROLE))
+}
+
+pub(crate) fn grant_pg_promote_sql() -> String {
+    format!("GRANT EXECUTE ON FUNCTION pg_catalog.pg_promote(boolean, integer) TO {}", sql_identifier(PROMOTE_ROLE))
 }
 
 /// From 11, pg_rewind can use a non-superuser source connection given these functions; granting

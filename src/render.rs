@@ -143,10 +143,34 @@ fn engine() -> Result<tera::Tera> {
     Ok(tera)
 }
 
+/// The role `pgha switchover` logs in as to promote a standby with pg_promote() (12+). It exists
+/// without a password; each switchover gives it a one-time one and takes it away again.
+pub const PROMOTE_ROLE: &str = "pgha_promote";
+
+/// The hosts a standby's wal receiver tries, in order: the primary the members named first, then
+/// every other member. From 10, `target_session_attrs=read-write` makes libpq skip the members
+/// that are in recovery, so after a switchover or a promote the receiver finds the new primary by
+/// itself on its next reconnect, with no edit and no reload. 9.x walsenders cannot answer the
+/// read-write check (SHOW over a replication connection arrived in 10), so they get one host.
+pub fn upstream_hosts(config: &Config, facts: &Facts) -> Vec<IpAddr> {
+    let mut hosts = vec![facts.upstream_address];
+    if facts.version >= PgVersion::new(10, 0) {
+        hosts.extend(
+            config
+                .node_addresses()
+                .into_iter()
+                .filter(|address| *address != facts.own_address && *address != facts.upstream_address),
+        );
+    }
+    hosts
+}
+
 /// The primary_conninfo a standby uses: a passfile, never the password itself.
 pub fn primary_conninfo(config: &Config, facts: &Facts) -> String {
+    let hosts = upstream_hosts(config, facts);
+    let host_list = hosts.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let mut parts = vec![
-        format!("host={}", conninfo_quote(&facts.upstream_address.to_string())),
+        format!("host={}", conninfo_quote(&host_list)),
         format!("port={}", config.primary.port),
         format!("user={}", conninfo_quote(&config.replication.user)),
         format!("passfile={}", conninfo_quote(&config.replication.passfile.display().to_string())),
@@ -158,7 +182,11 @@ pub fn primary_conninfo(config: &Config, facts: &Facts) -> String {
     for (keyword, value) in config.replication.tls_keywords(channel_binding) {
         parts.push(format!("{keyword}={}", conninfo_quote(&value)));
     }
-    // Without it a standby whose primary vanished hangs in connect for the kernel's TCP timeout.
+    if hosts.len() > 1 {
+        parts.push("target_session_attrs=read-write".into());
+    }
+    // Without it a standby whose primary vanished hangs in connect for the kernel's TCP timeout
+    // (per host: libpq moves on to the next member after it).
     parts.push("connect_timeout=10".into());
     parts.join(" ")
 }
@@ -176,8 +204,18 @@ fn hba_lines(config: &Config, facts: &Facts) -> Vec<String> {
             let user = &config.replication.user;
             // `replication` streams WAL; `postgres` lets a peer read what the replication protocol
             // cannot tell (sizes, walsenders, slots, lag) for preflight checks, status and verify.
-            ["replication", "postgres"]
+            let mut lines: Vec<String> = ["replication", "postgres"]
+                .iter()
                 .map(|database| format!("{connection_type:<8} {database:<12} \"{user}\"  {address}/{prefix}  {method}"))
+                .collect();
+            // A switchover run on that peer promotes this node through pg_promote() (12+).
+            if facts.version.has_pg_promote() {
+                lines.push(format!(
+                    "{connection_type:<8} {:<12} {PROMOTE_ROLE}  {address}/{prefix}  {method}",
+                    "postgres"
+                ));
+            }
+            lines
         })
         .collect()
 }
@@ -270,6 +308,19 @@ pub fn format_listing(files: &[RenderedFile]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_standby_lists_every_other_member_from_10_with_its_upstream_first() {
+        let text = "[primary]\naddress = \"10.0.0.1\"\n[standby]\naddresses = [\"10.0.0.2\", \"10.0.0.3\"]\n";
+        let config = Config::parse(Path::new("/etc/pgha/pgha.conf"), text).unwrap();
+        let address = |text: &str| -> IpAddr { text.parse().unwrap() };
+        let facts = |version| Facts::assumed(version, "main", address("10.0.0.3"), address("10.0.0.2"));
+        let v15 = primary_conninfo(&config, &facts(PgVersion::new(15, 0)));
+        assert!(v15.starts_with("host=10.0.0.2,10.0.0.1 "), "{v15}");
+        assert!(v15.contains(" target_session_attrs=read-write "), "{v15}");
+        let v96 = primary_conninfo(&config, &facts(PgVersion::new(9, 6)));
+        assert!(v96.starts_with("host=10.0.0.2 ") && !v96.contains("target_session_attrs"), "{v96}");
+    }
 
     #[test]
     fn slot_names_are_valid_postgresql_slot_names() {

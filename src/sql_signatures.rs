@@ -609,6 +609,21 @@ const BUILDERS: &[&str] = &[
     "promote_sql",
     "WRITABLE_SQL",
     "replayed_sql",
+    "promote_role_query_sql",
+    "create_promote_role_sql",
+    "grant_pg_promote_sql",
+    "STANDBYS_SQL",
+    "TARGET_STATE_SQL",
+    "REPLAYED_SQL",
+    "MAY_PROMOTE_SQL",
+    "FIRST_WRITE_SQL",
+    "SSL_SQL",
+    "FOLLOWERS_SQL",
+    "promote_role_exists_sql",
+    "armed_until_sql",
+    "arm_sql",
+    "disarm_sql",
+    "pg_promote_sql",
 ];
 
 /// Every statement the builders produce for `version`, with arguments like the code's; a
@@ -666,6 +681,28 @@ fn built_statements(version: PgVersion) -> Vec<Sent> {
     }
     if version.has_pg_promote() {
         statements.push(sent("cmd::promote::promote_sql", crate::cmd::promote::promote_sql()));
+        // `pgha primary` makes the promote role, and only switchover (12+ alone) uses it.
+        statements.push(sent("primary::promote_role_query_sql", primary::promote_role_query_sql()));
+        statements.push(sent("primary::create_promote_role_sql", primary::create_promote_role_sql()));
+        statements.push(sent("primary::grant_pg_promote_sql", primary::grant_pg_promote_sql()));
+        use crate::switchover as sw;
+        for (name, sql) in [
+            ("STANDBYS_SQL", sw::STANDBYS_SQL.to_string()),
+            ("TARGET_STATE_SQL", sw::TARGET_STATE_SQL.to_string()),
+            ("REPLAYED_SQL", sw::REPLAYED_SQL.to_string()),
+            ("MAY_PROMOTE_SQL", sw::MAY_PROMOTE_SQL.to_string()),
+            ("FIRST_WRITE_SQL", sw::FIRST_WRITE_SQL.to_string()),
+            ("SSL_SQL", sw::SSL_SQL.to_string()),
+            ("FOLLOWERS_SQL", sw::FOLLOWERS_SQL.to_string()),
+            ("promote_role_exists_sql", sw::promote_role_exists_sql()),
+            ("armed_until_sql", sw::armed_until_sql()),
+            ("arm_sql", sw::arm_sql(version, "SCRAM-SHA-256$4096:x$y:z", "2025-01-01 00:00:00+00")),
+            ("disarm_sql", sw::disarm_sql(true)),
+            ("disarm_sql", sw::disarm_sql(false)),
+            ("pg_promote_sql", sw::pg_promote_sql()),
+        ] {
+            statements.push(sent(&format!("switchover::{name}"), sql));
+        }
     }
     for sql in crate::replication::verify_sql(version, "pgha verify 2025-01-01T00:00:00Z") {
         statements.push(sent("replication::verify_sql", sql));

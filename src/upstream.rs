@@ -14,6 +14,7 @@ use crate::files::secure::{open_parent, Dir};
 use crate::host::postgres_account;
 use crate::password::passfile_line;
 use crate::quote::conninfo_quote;
+use crate::render::PROMOTE_ROLE;
 use crate::tools::psql::{classify_failure, ConnectionFailure, Target};
 use crate::version::PgVersion;
 
@@ -35,10 +36,21 @@ pub fn primary_client_conninfo(
     server: PgVersion,
     dbname: &str,
 ) -> String {
+    client_conninfo(config, primary, passfile, server, dbname, &config.replication.user)
+}
+
+fn client_conninfo(
+    config: &Config,
+    primary: IpAddr,
+    passfile: &Path,
+    server: PgVersion,
+    dbname: &str,
+    user: &str,
+) -> String {
     let mut parts = vec![
         format!("host={}", conninfo_quote(&primary.to_string())),
         format!("port={}", config.primary.port),
-        format!("user={}", conninfo_quote(&config.replication.user)),
+        format!("user={}", conninfo_quote(user)),
         format!("dbname={}", conninfo_quote(dbname)),
         format!("passfile={}", conninfo_quote(&passfile.display().to_string())),
     ];
@@ -56,6 +68,11 @@ pub fn primary_client_conninfo(
 /// An SQL connection to the primary's postgres database.
 pub fn sql_target(config: &Config, primary: IpAddr, passfile: &Path, server: PgVersion) -> Target {
     Target::Remote { conninfo: primary_client_conninfo(config, primary, passfile, server, "postgres") }
+}
+
+/// An SQL connection to a member as the promote role, whose one-time password is in `passfile`.
+pub fn promote_target(config: &Config, member: IpAddr, passfile: &Path, server: PgVersion) -> Target {
+    Target::Remote { conninfo: client_conninfo(config, member, passfile, server, "postgres", PROMOTE_ROLE) }
 }
 
 /// A physical replication connection to the primary (IDENTIFY_SYSTEM and the like).
@@ -123,6 +140,16 @@ pub struct PrivatePassfile {
 
 impl PrivatePassfile {
     pub fn new(config: &Config, password: &Password) -> Result<PrivatePassfile> {
+        PrivatePassfile::with_content(config, &passfile_content(config, password))
+    }
+
+    /// For the promote role's one-time password: a line for `member` only.
+    pub fn for_promote_role(config: &Config, member: IpAddr, password: &Password) -> Result<PrivatePassfile> {
+        let line = passfile_line(&member.to_string(), config.primary.port, "postgres", PROMOTE_ROLE, password);
+        PrivatePassfile::with_content(config, &line)
+    }
+
+    fn with_content(config: &Config, content: &str) -> Result<PrivatePassfile> {
         let postgres = postgres_account()?;
         let real = &config.replication.passfile;
         let dir = real.parent().context("replication.passfile has no directory")?;
@@ -132,11 +159,7 @@ impl PrivatePassfile {
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let number = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir.join(format!("{prefix}{}-{number}", std::process::id()));
-        write_atomic(
-            &path,
-            passfile_content(config, password).as_bytes(),
-            Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o600 },
-        )?;
+        write_atomic(&path, content.as_bytes(), Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o600 })?;
         Ok(PrivatePassfile { path })
     }
 }

@@ -10,5 +10,6 @@ pub mod rejoin;
 pub mod render;
 pub mod standby;
 pub mod status;
+pub mod switchover;
 pub mod verify;
 pub mod write_config;

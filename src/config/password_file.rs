@@ -18,6 +18,27 @@ impl Password {
         Password(text)
     }
 
+    /// A one-time password from the kernel's random source: 32 bytes, base64 (no character a
+    /// passfile or a conninfo would need to escape).
+    pub fn random() -> anyhow::Result<Password> {
+        use base64::Engine;
+        let mut bytes = [0u8; 32];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            // SAFETY: the pointer and length describe the unfilled rest of `bytes`.
+            let got = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0) };
+            if got < 0 {
+                let error = std::io::Error::last_os_error();
+                if error.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(anyhow::Error::new(error).context("getrandom"));
+            }
+            filled += got as usize;
+        }
+        Ok(Password(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

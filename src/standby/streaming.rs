@@ -71,26 +71,43 @@ pub fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result
     Ok(streaming.is_some())
 }
 
-/// The wal receiver's status and conninfo, one row per receiver. 9.5 has no view of its wal
-/// receiver (pg_stat_wal_receiver arrived in 9.6): there "streaming" means WAL arrived by
-/// streaming since the server started, which stays true after the connection drops, and the
-/// conninfo is the primary_conninfo of the recovery.conf that pgha wrote.
+/// The wal receiver's status, conninfo and the host it is connected to, one row per receiver.
+/// The conninfo lists every member (the receiver picks the writable one); from 11 the server
+/// says which one it is connected to (sender_host), before that it is empty and the primary
+/// being in the list has to do. 9.5 has no view of its wal receiver (pg_stat_wal_receiver
+/// arrived in 9.6): there "streaming" means WAL arrived by streaming since the server started,
+/// which stays true after the connection drops, and the conninfo is the primary_conninfo of the
+/// recovery.conf that pgha wrote.
 pub(crate) fn wal_receiver_sql(version: PgVersion) -> &'static str {
-    if version >= PgVersion::new(9, 6) {
-        "SELECT status, coalesce(conninfo, '') FROM pg_stat_wal_receiver"
+    if version >= PgVersion::new(11, 0) {
+        "SELECT status, coalesce(conninfo, ''), coalesce(sender_host, '') FROM pg_stat_wal_receiver"
+    } else if version >= PgVersion::new(9, 6) {
+        "SELECT status, coalesce(conninfo, ''), '' FROM pg_stat_wal_receiver"
     } else {
         "SELECT CASE WHEN pg_last_xlog_receive_location() IS NULL THEN 'stopped' ELSE 'streaming' END, \
-         coalesce(substring(pg_read_file('recovery.conf'), 'primary_conninfo\\s*=\\s*''([^'']*)'), '')"
+         coalesce(substring(pg_read_file('recovery.conf'), 'primary_conninfo\\s*=\\s*''([^'']*)'), ''), ''"
     }
 }
 
 fn wal_receiver_streaming(context: &StandbyContext) -> Result<bool> {
-    let host = format!("host={}", context.primary);
     let rows = query(&Target::local(context.cluster), wal_receiver_sql(context.cluster.version))?;
-    Ok(rows.iter().any(|row| {
-        row.first().map(String::as_str) == Some("streaming")
-            && row.get(1).is_some_and(|conninfo| conninfo.split_whitespace().any(|part| part == host))
+    Ok(rows.iter().any(|row| match row.as_slice() {
+        [status, conninfo, sender] if status == "streaming" => receiver_follows(conninfo, sender, context.primary),
+        _ => false,
     }))
+}
+
+/// Whether a streaming wal receiver is connected to `primary`: the server's sender_host when it
+/// tells (11+), otherwise the primary being one of the conninfo's hosts.
+pub fn receiver_follows(conninfo: &str, sender_host: &str, primary: std::net::IpAddr) -> bool {
+    if !sender_host.is_empty() {
+        return sender_host.parse::<std::net::IpAddr>().ok() == Some(primary);
+    }
+    conninfo
+        .split_whitespace()
+        .filter_map(|part| part.strip_prefix("host="))
+        .flat_map(|hosts| hosts.trim_matches('\'').split(','))
+        .any(|host| host.parse::<std::net::IpAddr>().ok() == Some(primary))
 }
 
 /// Whether the local cluster streams from the configured primary: in recovery, the primary's
@@ -126,4 +143,19 @@ pub fn not_streaming_yet(context: &StandbyContext) -> String {
         context.cluster.id(),
         context.primary
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receiver_follows_the_host_it_is_connected_to() {
+        let primary: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let conninfo = "user=replicator host=10.0.0.1,10.0.0.2 port=5432 target_session_attrs=read-write";
+        assert!(receiver_follows(conninfo, "10.0.0.2", primary));
+        assert!(!receiver_follows(conninfo, "10.0.0.1", primary));
+        assert!(receiver_follows(conninfo, "", primary), "10 cannot tell: the list holds the primary");
+        assert!(!receiver_follows("host=10.0.0.1 port=5432", "", primary));
+    }
 }

@@ -406,3 +406,89 @@ impl TwoHosts {
         pgha_output(pgha(Some(&self.hosts.b.name)).args(["--config", self.config_b.path_str()]).args(args))
     }
 }
+
+/// Three hosts on one link: a bridge inside A's namespace joins A (10.234.N.1) to B (.2) and C (.3).
+pub struct HostTrio {
+    pub a: Netns,
+    pub b: Netns,
+    pub c: Netns,
+    pub a_ip: String,
+    pub b_ip: String,
+    pub c_ip: String,
+}
+
+pub fn host_trio() -> HostTrio {
+    let id = unique();
+    let subnet = (std::process::id() % 50) * 5 + id % 5;
+    let tag = format!("{}{}", std::process::id() % 100000, id);
+    let (a, b, c) = (format!("pgha-ta{tag}"), format!("pgha-tb{tag}"), format!("pgha-tc{tag}"));
+    let ip = |host: u8| format!("10.234.{subnet}.{host}");
+    sh(&format!(
+        "set -e; ip netns add {a}; ip netns add {b}; ip netns add {c}
+         ip -n {a} link add br{tag} type bridge; ip -n {a} link set br{tag} up; ip -n {a} link set lo up
+         ip -n {a} addr add {ip_a}/24 dev br{tag}
+         for h in b c; do
+           [ $h = b ] && ns={b} addr={ip_b} || {{ ns={c}; addr={ip_c}; }}
+           ip link add s${{h}}{tag} type veth peer name h${{h}}{tag}
+           ip link set s${{h}}{tag} netns {a}; ip link set h${{h}}{tag} netns $ns
+           ip -n {a} link set s${{h}}{tag} master br{tag}; ip -n {a} link set s${{h}}{tag} up
+           ip -n $ns addr add $addr/24 dev h${{h}}{tag}; ip -n $ns link set h${{h}}{tag} up; ip -n $ns link set lo up
+         done",
+        ip_a = ip(1),
+        ip_b = ip(2),
+        ip_c = ip(3),
+    ));
+    HostTrio { a: Netns { name: a }, b: Netns { name: b }, c: Netns { name: c }, a_ip: ip(1), b_ip: ip(2), c_ip: ip(3) }
+}
+
+/// Three hosts with their own clusters on one port: A made the primary by `pgha primary`, B and
+/// C standbys made by `pgha standby`, each host with its own config file listing all three.
+pub struct ThreeHosts {
+    pub hosts: HostTrio,
+    pub a: TestCluster,
+    pub b: TestCluster,
+    pub c: TestCluster,
+    pub configs: [TestConfig; 3],
+    _archive: tempfile::TempDir,
+}
+
+impl ThreeHosts {
+    pub fn new(password: &str) -> Option<ThreeHosts> {
+        if !require_root_and_postgres() {
+            return None;
+        }
+        let hosts = host_trio();
+        let port = free_port();
+        let a = TestCluster::create_on_port("15", Some(&hosts.a.name), port);
+        let b = TestCluster::create_on_port("15", Some(&hosts.b.name), port);
+        let c = TestCluster::create_on_port("15", Some(&hosts.c.name), port);
+        a.start();
+        let archive = tempfile::tempdir().unwrap();
+        fs::set_permissions(archive.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let archive_dir = archive.path().join("archive");
+        let config_for = |cluster: &TestCluster| {
+            let text = config_text(cluster, &hosts.a_ip, port, &[&hosts.b_ip, &hosts.c_ip], &archive_dir)
+                .replace("[replication]\n", "[replication]\npassfile = \"@PASSWORD_FILE@.pgpass\"\n");
+            TestConfig::new(&text, password)
+        };
+        let configs = [config_for(&a), config_for(&b), config_for(&c)];
+        let three = ThreeHosts { hosts, a, b, c, configs, _archive: archive };
+        let out = three.run(0, &["primary"]);
+        assert_eq!(out.code, 0, "pgha primary failed: {}", out.stderr);
+        for host in [1, 2] {
+            let out = three.run(host, &["standby"]);
+            assert_eq!(out.code, 0, "pgha standby failed: {}\n{}", out.stdout, out.stderr);
+        }
+        Some(three)
+    }
+
+    /// pgha on host 0 (A), 1 (B) or 2 (C).
+    pub fn run(&self, host: usize, args: &[&str]) -> PghaOutput {
+        let netns = [&self.hosts.a, &self.hosts.b, &self.hosts.c][host];
+        pgha_output(pgha(Some(&netns.name)).args(["--config", self.configs[host].path_str()]).args(args))
+    }
+
+    pub fn cluster(&self, host: usize) -> &TestCluster {
+        [&self.a, &self.b, &self.c][host]
+    }
+}

@@ -11,6 +11,7 @@ mod golden;
 mod primary;
 mod secrets;
 mod standby;
+mod switchover;
 mod tls;
 mod trust;
 mod versions;
