@@ -36,10 +36,7 @@ pub fn rejoin(context: &StandbyContext, options: &RejoinOptions) -> Result<Rejoi
     let system_identifier = identify_primary(context, &passfile.path)?;
     let remote = sql_target(config, context.primary, &passfile.path, context.cluster.version);
     if query_bool(&remote, "SELECT pg_is_in_recovery()")? {
-        bail!(
-            "the configured primary {} is in recovery: promote it first (`pgha promote` there)",
-            context.primary
-        );
+        bail!("the configured primary {} is in recovery: promote it first (`pgha promote` there)", context.primary);
     }
     if !options.full_clone && wait_streaming_from_primary(context, &system_identifier, RECONNECT_PATIENCE)? {
         return Ok(Rejoined::AlreadyStreaming);

@@ -1,0 +1,188 @@
+//! What `pgha standby` does to a standby it made earlier, as pgha-standby.service runs it at every
+//! boot: it starts it, checks it and reports, and never replaces its data unasked. Real clusters in
+//! two network namespaces; pgha's sd_notify messages are caught on a socket of the test's own.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+const PASSWORD: &str = "b00t-'pw'-\\";
+
+/// Stands in for systemd's notify socket: every datagram pgha sends (STATUS=, READY=1, ...).
+struct NotifySocket {
+    dir: tempfile::TempDir,
+    socket: UnixDatagram,
+}
+
+impl NotifySocket {
+    fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = UnixDatagram::bind(dir.path().join("notify")).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        NotifySocket { dir, socket }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("notify")
+    }
+
+    /// Every message received so far, one line per assignment.
+    fn messages(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut buffer = vec![0u8; 65536];
+        while let Ok(length) = self.socket.recv(&mut buffer) {
+            lines.extend(String::from_utf8_lossy(&buffer[..length]).lines().map(str::to_string));
+        }
+        lines
+    }
+}
+
+/// A and B, with B made A's standby by a first `pgha standby` (its own cluster kept aside once).
+fn cloned() -> Option<TwoHosts> {
+    let setup = TwoHosts::new("15", PASSWORD)?;
+    setup.b.start();
+    setup.b.psql("CREATE TABLE marker (note text); INSERT INTO marker VALUES ('b was here')");
+    let out = setup.run_b(&["standby"]);
+    assert_eq!(out.code, 0, "the first clone failed:\n{}\n{}", out.stdout, out.stderr);
+    setup.b.wait_for("SELECT pg_is_in_recovery()", "t", Duration::from_secs(30));
+    assert_eq!(pgha_dirs(&setup.b).len(), 1, "the first clone keeps B's own data aside");
+    Some(setup)
+}
+
+/// `pgha standby` on B as the unit runs it, with its sd_notify messages.
+fn boot_run(setup: &TwoHosts, extra: &[&str]) -> (PghaOutput, Vec<String>) {
+    let notify = NotifySocket::new();
+    let out = pgha_output(
+        pgha(Some(&setup.hosts.b.name))
+            .env("NOTIFY_SOCKET", notify.path())
+            .args(["--config", setup.config_b.path_str(), "standby"])
+            .args(extra),
+    );
+    (out, notify.messages())
+}
+
+/// Everything pgha keeps beside a data directory: old copies, staging, forks.
+fn pgha_dirs(cluster: &TestCluster) -> Vec<String> {
+    let prefix = format!("{}.pgha-", cluster.name);
+    let mut names: Vec<String> = fs::read_dir(cluster.data_dir().parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+fn veth(netns: &Netns) -> String {
+    let out = run_ok(Command::new("ip").args(["-n", &netns.name, "-o", "link", "show", "type", "veth"]));
+    out.split(": ").nth(1).and_then(|name| name.split('@').next()).unwrap().to_string()
+}
+
+fn wait_streaming(setup: &TwoHosts) {
+    setup.a.wait_for(
+        &format!("SELECT state FROM pg_stat_replication WHERE client_addr = '{}'", setup.hosts.b_ip),
+        "streaming",
+        Duration::from_secs(60),
+    );
+}
+
+fn last_status(messages: &[String]) -> String {
+    messages.iter().rev().find_map(|line| line.strip_prefix("STATUS=")).unwrap_or_default().to_string()
+}
+
+/// The primary is out of reach when the boot run starts: B stays the standby it is, with its
+/// data, nothing is moved aside, and the run says so (stdout, STATUS=, `pgha status`).
+#[test]
+fn a_standby_whose_primary_is_unreachable_is_kept_and_reported() {
+    let Some(setup) = cloned() else { return };
+    let b = &setup.b;
+    let kept = pgha_dirs(b);
+    let inode = fs::metadata(b.data_dir()).unwrap().ino();
+    // As at boot: the link is down, and the standby comes up without its primary.
+    let link = veth(&setup.hosts.b);
+    run_ok(Command::new("ip").args(["-n", &setup.hosts.b.name, "link", "set", &link, "down"]));
+    b.stop();
+    b.start();
+    b.wait_for("SELECT pg_is_in_recovery()", "t", Duration::from_secs(30));
+    let started = b.postmaster_start_time();
+
+    let (out, messages) = boot_run(&setup, &[]);
+    assert_eq!(out.code, 0, "a standby kept running is not a failure:\n{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("does not stream"), "the run reports it: {}", out.stdout);
+    assert!(out.stdout.contains("unreachable"), "and says why: {}", out.stdout);
+    assert!(last_status(&messages).contains("does not stream"), "STATUS= reports it: {messages:?}");
+    assert!(messages.iter().any(|line| line == "READY=1"), "the notify unit is told the run is done: {messages:?}");
+    assert_eq!(b.psql("SELECT pg_is_in_recovery()"), "t", "B stays a standby");
+    assert_eq!(b.postmaster_start_time(), started, "B was restarted");
+    assert_eq!(fs::metadata(b.data_dir()).unwrap().ino(), inode, "B's data directory was replaced");
+    assert_eq!(pgha_dirs(b), kept, "nothing is moved aside or staged");
+    let status = setup.run_b(&["status"]);
+    assert_eq!(status.code, 2, "`pgha status` shows the standby does not stream: {}", status.stdout);
+
+    run_ok(Command::new("ip").args(["-n", &setup.hosts.b.name, "link", "set", &link, "up"]));
+    wait_streaming(&setup);
+}
+
+/// A standby promoted by hand holds the primary's system identifier and takes writes: pgha
+/// refuses to clone over it, running or stopped, and names both ways out.
+#[test]
+fn a_standby_promoted_by_hand_is_refused_and_left_untouched() {
+    let Some(setup) = cloned() else { return };
+    let b = &setup.b;
+    run_ok(setup.hosts.b.exec("pg_ctlcluster").args([&b.version, &b.name, "promote"]));
+    b.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(30));
+    b.psql("CREATE TABLE written_after_promote AS SELECT 1 AS x");
+    let kept = pgha_dirs(b);
+    let inode = fs::metadata(b.data_dir()).unwrap().ino();
+    let started = b.postmaster_start_time();
+
+    let (out, _) = boot_run(&setup, &[]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    for words in ["writable", "system identifier", "pgha rejoin", "--force-reclone"] {
+        assert!(out.stderr.contains(words), "the refusal names {words:?}: {}", out.stderr);
+    }
+    assert_eq!(b.postmaster_start_time(), started, "B was restarted");
+    assert_eq!(b.psql("SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(b.psql("SELECT count(*) FROM written_after_promote"), "1");
+    assert_eq!(fs::metadata(b.data_dir()).unwrap().ino(), inode, "B's data directory was replaced");
+    assert_eq!(pgha_dirs(b), kept, "nothing is moved aside or staged");
+
+    // Stopped, it would come up writable: refused the same way, and left stopped.
+    b.stop();
+    let (out, _) = boot_run(&setup, &[]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("--force-reclone"), "{}", out.stderr);
+    assert!(!b.is_running(), "a promoted cluster is not started by pgha standby");
+    assert_eq!(fs::metadata(b.data_dir()).unwrap().ino(), inode);
+    assert_eq!(pgha_dirs(b), kept);
+}
+
+/// A standby that is down at boot is started as the standby it is, not cloned again.
+#[test]
+fn a_stopped_standby_is_started_not_cloned() {
+    let Some(setup) = cloned() else { return };
+    let b = &setup.b;
+    setup.a.psql("CREATE TABLE before_stop AS SELECT 1 AS x");
+    b.wait_for("SELECT count(*) FROM before_stop", "1", Duration::from_secs(30));
+    let kept = pgha_dirs(b);
+    let inode = fs::metadata(b.data_dir()).unwrap().ino();
+    b.stop();
+
+    let (out, messages) = boot_run(&setup, &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(b.is_running(), "the standby is started");
+    assert_eq!(b.psql("SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(fs::metadata(b.data_dir()).unwrap().ino(), inode, "B's data directory was replaced");
+    assert_eq!(pgha_dirs(b), kept, "nothing is moved aside or staged");
+    assert!(out.stdout.contains("started"), "the run says it started the standby: {}", out.stdout);
+    assert!(messages.iter().any(|line| line == "READY=1"), "{messages:?}");
+    wait_streaming(&setup);
+    setup.a.psql("CREATE TABLE after_start AS SELECT 1 AS x");
+    b.wait_for("SELECT count(*) FROM after_start", "1", Duration::from_secs(30));
+}
