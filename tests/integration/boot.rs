@@ -186,3 +186,28 @@ fn a_stopped_standby_is_started_not_cloned() {
     setup.a.psql("CREATE TABLE after_start AS SELECT 1 AS x");
     b.wait_for("SELECT count(*) FROM after_start", "1", Duration::from_secs(30));
 }
+
+/// The files a clone wrote are checked at every run: a standby that lost its conf.d fragment
+/// gets it back (and a reload), with its data and its server process as they were.
+#[test]
+fn a_standby_that_lost_its_files_is_repaired_not_cloned() {
+    let Some(setup) = cloned() else { return };
+    let b = &setup.b;
+    let fragment = b.config_dir().join("conf.d/pgha.conf");
+    let written = fs::read_to_string(&fragment).unwrap();
+    let kept = pgha_dirs(b);
+    let inode = fs::metadata(b.data_dir()).unwrap().ino();
+    let started = b.postmaster_start_time();
+    fs::remove_file(&fragment).unwrap();
+
+    let (out, _) = boot_run(&setup, &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("repaired its files"), "{}", out.stdout);
+    assert_eq!(fs::read_to_string(&fragment).unwrap(), written, "the fragment is written as the clone wrote it");
+    assert_eq!(b.postmaster_start_time(), started, "a reload is enough: B was restarted");
+    assert_eq!(fs::metadata(b.data_dir()).unwrap().ino(), inode, "B's data directory was replaced");
+    assert_eq!(pgha_dirs(b), kept, "nothing is moved aside or staged");
+
+    let again = setup.run_b(&["standby"]);
+    assert!(again.stdout.contains("nothing to do"), "a repaired standby needs nothing more: {}", again.stdout);
+}
