@@ -43,7 +43,16 @@ pub enum Command {
     Render(crate::cmd::render::RenderArgs),
     /// Make this host's cluster the replication primary
     Primary(crate::cmd::primary::PrimaryArgs),
-    /// Make this host's cluster a streaming hot standby of [primary] (a no-op when it already is one)
+    /// Make this host's cluster a streaming hot standby of [primary]; an existing standby is kept, not re-cloned
+    ///
+    /// The first run clones the primary: the cluster's old data directory is kept aside as
+    /// <datadir>.pgha-old-<time>. Every later run (pgha-standby.service runs one at every boot)
+    /// keeps a standby of the primary as it is: started when down, its signal file, conf.d
+    /// fragment, pg_hba block and passfile repaired, and reported when it does not stream (exit 0:
+    /// `pgha status` watches it). It never clones over a cluster with the primary's system
+    /// identifier: a writable one (promoted outside pgha) is refused (exit 1). A new copy takes
+    /// `pgha rejoin` or `pgha standby --force-reclone`. Only a cluster of another system that is no
+    /// standby (a fresh initdb) is cloned unasked.
     Standby(crate::cmd::standby::StandbyArgs),
     /// Delete archived WAL older than archive.keep
     PruneArchive(crate::cmd::prune_archive::PruneArchiveArgs),

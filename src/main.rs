@@ -67,7 +67,10 @@ fn main() -> ExitCode {
             );
             ExitCode::from(error::EXIT_FAILURE as u8)
         }
-        (Ok(code), None) => ExitCode::from(code as u8),
+        (Ok(code), None) => {
+            notify::notify_ready();
+            ExitCode::from(code as u8)
+        }
         (Err(error), _) => {
             log::error!("{error:#}");
             ExitCode::from(error::exit_code_for(&error) as u8)

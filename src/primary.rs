@@ -401,18 +401,7 @@ fn apply_steps(
 /// setting overridden by a later file (postgresql.auto.conf, say) is caught while the old
 /// configuration is still the one running.
 fn check_config_files(cluster: &Cluster, target: &Target) -> Result<()> {
-    let errors = query(target, FILE_ERRORS_SQL)?;
-    if !errors.is_empty() {
-        let lines: Vec<String> = errors.iter().map(|row| row.join(": ")).collect();
-        bail!("PostgreSQL rejects the configuration files:\n{}", lines.join("\n"));
-    }
-    if let Some(sql) = hba_errors_sql(cluster.version) {
-        let errors = query(target, sql)?;
-        if !errors.is_empty() {
-            let lines: Vec<String> = errors.iter().map(|row| format!("line {}", row.join(": "))).collect();
-            bail!("PostgreSQL rejects pg_hba.conf:\n{}", lines.join("\n"));
-        }
-    }
+    check_files_parse(cluster, target)?;
     let fragment = conf_fragment_path(&cluster.config_dir);
     let overridden = query(target, &overridden_settings_sql(&fragment))?;
     if !overridden.is_empty() {
@@ -428,6 +417,24 @@ fn check_config_files(cluster: &Cluster, target: &Target) -> Result<()> {
             fragment.display(),
             lines.join("\n")
         );
+    }
+    Ok(())
+}
+
+/// The server's own reading of the configuration files and pg_hba.conf on disk, before a reload
+/// loads them: an error it reports is refused while the running configuration is still intact.
+pub(crate) fn check_files_parse(cluster: &Cluster, target: &Target) -> Result<()> {
+    let errors = query(target, FILE_ERRORS_SQL)?;
+    if !errors.is_empty() {
+        let lines: Vec<String> = errors.iter().map(|row| row.join(": ")).collect();
+        bail!("PostgreSQL rejects the configuration files:\n{}", lines.join("\n"));
+    }
+    if let Some(sql) = hba_errors_sql(cluster.version) {
+        let errors = query(target, sql)?;
+        if !errors.is_empty() {
+            let lines: Vec<String> = errors.iter().map(|row| format!("line {}", row.join(": "))).collect();
+            bail!("PostgreSQL rejects pg_hba.conf:\n{}", lines.join("\n"));
+        }
     }
     Ok(())
 }

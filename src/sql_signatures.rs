@@ -41,6 +41,8 @@ const FUNCTIONS: &[(&str, PgVersion, Args)] = &[
     ("pg_current_xlog_location", V95, Args::Exactly(&[0])),
     ("pg_current_xlog_insert_location", V95, Args::Exactly(&[0])),
     ("pg_xlog_location_diff", V95, Args::Exactly(&[2])),
+    ("pg_xlogfile_name", V95, Args::Exactly(&[1])),
+    ("pg_walfile_name", PgVersion::new(10, 0), Args::Exactly(&[1])),
     ("pg_last_wal_receive_lsn", PgVersion::new(10, 0), Args::Exactly(&[0])),
     ("pg_last_wal_replay_lsn", PgVersion::new(10, 0), Args::Exactly(&[0])),
     ("pg_current_wal_lsn", PgVersion::new(10, 0), Args::Exactly(&[0])),
@@ -609,6 +611,7 @@ const BUILDERS: &[&str] = &[
     "promote_sql",
     "WRITABLE_SQL",
     "replayed_sql",
+    "current_walfile_sql",
     "promote_role_query_sql",
     "create_promote_role_sql",
     "grant_pg_promote_sql",
@@ -617,7 +620,6 @@ const BUILDERS: &[&str] = &[
     "REPLAYED_SQL",
     "MAY_PROMOTE_SQL",
     "FIRST_WRITE_SQL",
-    "SSL_SQL",
     "FOLLOWERS_SQL",
     "promote_role_exists_sql",
     "armed_until_sql",
@@ -672,6 +674,10 @@ fn built_statements(version: PgVersion) -> Vec<Sent> {
         let functions = ["pg_catalog.pg_ls_dir(text,boolean,boolean)".to_string()];
         statements.push(sent("primary::grant_execute_sql", primary::grant_execute_sql(&functions, "pgha_repl")));
     }
+    statements.push(sent(
+        "standby::existing::current_walfile_sql",
+        crate::standby::existing::current_walfile_sql(version).to_string(),
+    ));
     if let Some(sql) = primary::hba_errors_sql(version) {
         statements.push(sent("primary::hba_errors_sql", sql));
     }
@@ -692,7 +698,6 @@ fn built_statements(version: PgVersion) -> Vec<Sent> {
             ("REPLAYED_SQL", sw::REPLAYED_SQL.to_string()),
             ("MAY_PROMOTE_SQL", sw::MAY_PROMOTE_SQL.to_string()),
             ("FIRST_WRITE_SQL", sw::FIRST_WRITE_SQL.to_string()),
-            ("SSL_SQL", sw::SSL_SQL.to_string()),
             ("FOLLOWERS_SQL", sw::FOLLOWERS_SQL.to_string()),
             ("promote_role_exists_sql", sw::promote_role_exists_sql()),
             ("armed_until_sql", sw::armed_until_sql()),

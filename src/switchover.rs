@@ -20,7 +20,6 @@ use crate::quote::{sql_identifier, sql_literal};
 use crate::render::{standby_name, PROMOTE_ROLE};
 use crate::replication::Lsn;
 use crate::standby::clone::{configure_staging, write_config_files};
-use crate::standby::preflight::PrimaryFacts;
 use crate::standby::slots::{drop_stale_slots, ensure_slot};
 use crate::standby::streaming::{confirm_standby, StandbyStarted};
 use crate::standby::StandbyContext;
@@ -154,7 +153,7 @@ pub fn switchover(
     drop(promote_passfile);
 
     let context = StandbyContext { config, cluster, password, own_address: own, primary: target };
-    let rejoined = follow(&context, &remote, &final_lsn, options.timeout).with_context(|| {
+    let rejoined = follow(&context, &final_lsn, options.timeout).with_context(|| {
         format!(
             "{target} is the primary now, but this cluster did not come back as its standby: run `pgha rejoin` here"
         )
@@ -372,21 +371,19 @@ fn promote(promoter: &Target, remote: &Target, target: IpAddr) -> Result<(), Pro
 /// This host, cleanly stopped at `final_lsn`, which the new primary replayed before its
 /// promotion: it is exactly the new primary's history up to the switch, so it becomes a standby
 /// with its own data, no rewind and no clone.
-fn follow(context: &StandbyContext, remote: &Target, final_lsn: &Lsn, timeout: Duration) -> Result<StandbyStarted> {
+fn follow(context: &StandbyContext, final_lsn: &Lsn, timeout: Duration) -> Result<StandbyStarted> {
     let cluster = context.cluster;
     let control = pg_controldata::read(cluster.version, &cluster.data_dir)?;
     log::info!("restarting cluster {} as a standby of {} (it stopped at {final_lsn})", cluster.id(), context.primary);
-    let facts = PrimaryFacts {
-        system_identifier: control.system_identifier.clone(),
-        version: cluster.version,
-        ssl: query_value(remote, SSL_SQL).map(|value| value == "on").unwrap_or(true),
-        max_wal_senders: context.config.primary.max_wal_senders,
-        slot: None,
-        database_bytes: None,
-    };
     configure_staging(context, &cluster.data_dir)?;
     let mut transaction = Transaction::new();
-    write_config_files(context, &facts, &cluster.data_dir, &mut transaction)?;
+    write_config_files(
+        context,
+        &control.system_identifier,
+        context.config.primary.max_wal_senders,
+        &cluster.data_dir,
+        &mut transaction,
+    )?;
     transaction.commit();
     invoke_pg_ctlcluster(cluster, ClusterAction::Start)?;
     let started = confirm_standby(context, timeout).inspect_err(|_| eprintln!("{}", log_tail(cluster, 20)))?;
@@ -436,7 +433,6 @@ pub(crate) const MAY_PROMOTE_SQL: &str =
 /// A transaction id is only handed out by a server that accepts writes.
 pub(crate) const FIRST_WRITE_SQL: &str = "SELECT txid_current()";
 
-pub(crate) const SSL_SQL: &str = "SHOW ssl";
 
 pub(crate) const FOLLOWERS_SQL: &str = "SELECT host(client_addr) FROM pg_stat_replication WHERE state = 'streaming'";
 

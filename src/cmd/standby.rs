@@ -1,5 +1,6 @@
 //! `pgha standby`: make this host's cluster a streaming hot standby of `[primary]`.
-//! pgha-standby.service runs it at install time and at every boot, so a healthy standby is a no-op.
+//! pgha-standby.service runs it at install time and at every boot: a standby it made is kept
+//! (started, repaired, reported), and only `--force-reclone` clones over it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,12 +13,13 @@ use crate::files::datadir::{old_path, staging_path};
 use crate::node::{require_member_address, Node};
 use crate::notify::notify_status;
 use crate::standby::clone::clone_standby;
+use crate::standby::existing::keep_standby;
 use crate::standby::preflight::{identify_primary, preflight};
-use crate::standby::streaming::{not_streaming_yet, wait_streaming_from_primary};
+use crate::standby::streaming::not_streaming_yet;
 use crate::standby::{find_upstream, StandbyContext, Upstream};
 use crate::upstream::{write_passfile, PrivatePassfile};
 
-/// How long a running standby of this primary gets to (re)connect before it counts as broken:
+/// How long a standby of this primary gets to (re)connect before it is reported as not streaming:
 /// at boot the wal receiver connects a moment after the server accepts connections.
 const RECONNECT_PATIENCE: Duration = Duration::from_secs(20);
 
@@ -27,7 +29,8 @@ pub struct StandbyArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Clone again even when this cluster already streams from the primary
+    /// Clone again even when this cluster already is a standby of the primary, or holds the
+    /// primary's data as a writable copy (the old data directory is kept aside)
     #[arg(long)]
     pub force_reclone: bool,
 
@@ -50,9 +53,11 @@ impl StandbyArgs {
             crate::lock::take_for_run(&cluster.id(), "pgha standby", self.wait)?;
         }
         let passfile = PrivatePassfile::new(config, &password)?;
-        let primary = match find_upstream(config, cluster, &passfile.path, own_address)? {
-            Upstream::Primary(address) => address,
-            Upstream::ThisHost(_) => {
+        // When the members name no primary (none answers, or two are writable), a standby in place is
+        // still started and reported; anything else waits until they name one.
+        let (primary, unnamed) = match find_upstream(config, cluster, &passfile.path, own_address) {
+            Ok(Upstream::Primary(address)) => (address, None),
+            Ok(Upstream::ThisHost(_)) => {
                 let summary = format!(
                     "nothing to do: cluster {} on {own_address} is the primary of the members; \
                      `pgha standby` leaves it as it is",
@@ -62,28 +67,30 @@ impl StandbyArgs {
                 println!("{summary}");
                 return Ok(EXIT_OK);
             }
+            Err(error) => (config.primary.address, Some(error)),
         };
         let context = StandbyContext { config, cluster, password: &password, own_address, primary };
-        let system_identifier = identify_primary(&context, &passfile.path)?;
+        let identified = match unnamed {
+            Some(error) => Err(error),
+            None => identify_primary(&context, &passfile.path),
+        };
         // The configured password was just proven against the primary, so a rotated password can
         // reach the passfile of an earlier clone now: the wal receiver reconnects with it instead of
         // failing until a re-clone. A first clone writes the passfile inside its own transaction.
         let earlier_clone = config.replication.passfile.exists();
-        if !self.dry_run && earlier_clone && write_passfile(config, &password)? {
+        if identified.is_ok() && !self.dry_run && earlier_clone && write_passfile(config, &password)? {
             log::info!("updated {} with the configured password", config.replication.passfile.display());
         }
-        // Before the checks a clone needs (free space, walsenders): a healthy standby must pass at boot.
-        if !self.force_reclone && wait_streaming_from_primary(&context, &system_identifier, RECONNECT_PATIENCE)? {
-            log::info!(
-                "cluster {} already streams from {} (system identifier {system_identifier}): nothing to do",
-                cluster.id(),
-                context.primary
-            );
-            let summary = format!("nothing to do: cluster {} already streams from {}", cluster.id(), context.primary);
-            notify_status(&summary);
-            println!("{summary}");
-            return Ok(EXIT_OK);
+        // Before the checks a clone needs (free space, walsenders): a standby is kept, never cloned unasked.
+        if !self.force_reclone {
+            if let Some(kept) = keep_standby(&context, &identified, RECONNECT_PATIENCE, self.dry_run)? {
+                let summary = kept.summary(&context);
+                notify_status(&summary);
+                println!("{summary}");
+                return Ok(EXIT_OK);
+            }
         }
+        let system_identifier = identified?;
 
         let primary = preflight(&context, &passfile.path, system_identifier)?;
         let timeout = self.timeout.unwrap_or(config.standby.streaming_timeout);

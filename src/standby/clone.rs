@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::debian::log_tail;
 use crate::files::apply::{write_atomic, Transaction};
 use crate::files::datadir::{dir_size, fresh_staging, remove_staging, swap_back, swap_in};
-use crate::files::plan::{rendered_file_change, Ownership};
+use crate::files::plan::{file_change, rendered_file_change, FileChange, Ownership};
 use crate::files::secure::read_text_capped;
 use crate::host::postgres_account;
 use crate::notify::notify_status;
@@ -134,7 +134,7 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
 
     let mut transaction = Transaction::new();
     let swapped = (|| -> Result<Option<PathBuf>> {
-        write_config_files(context, primary, &staging, &mut transaction)?;
+        write_config_files(context, &primary.system_identifier, primary.max_wal_senders, &staging, &mut transaction)?;
         swap_in(&cluster.data_dir, &staging)
     })();
     let old = match swapped {
@@ -299,25 +299,37 @@ pub fn configure_staging(context: &StandbyContext, staging: &Path) -> Result<()>
     Ok(())
 }
 
+/// The signal file (or recovery.conf) a standby needs in `data_dir`, when it is missing or differs.
+pub fn signal_file_change(context: &StandbyContext, data_dir: &Path) -> Result<Option<FileChange>> {
+    let postgres = postgres_account()?;
+    let files = render(Role::Standby, &standby_config(context.config, None), &standby_facts(context, None))?;
+    let signal = files.into_iter().next().context("render gave no standby signal file")?;
+    let name = signal.path.file_name().context("signal file has no name")?;
+    file_change(&data_dir.join(name), signal.content, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o600 })
+}
+
 /// conf.d/pgha.conf with the clone's pg_control settings, the pg_hba block and the passfile,
 /// recorded in `transaction` so a failure puts the old ones back.
+/// `system_identifier` is the primary's, `fallback_wal_senders` its max_wal_senders for pg_control
+/// before 12; `data_dir` is the copy being configured (staging, or the data directory itself).
+/// Returns whether anything changed.
 pub fn write_config_files(
     context: &StandbyContext,
-    primary: &PrimaryFacts,
-    staging: &Path,
+    system_identifier: &str,
+    fallback_wal_senders: u32,
+    data_dir: &Path,
     transaction: &mut Transaction,
-) -> Result<()> {
-    let controldata = pg_controldata::read(context.cluster.version, staging)?;
+) -> Result<bool> {
+    let controldata = pg_controldata::read(context.cluster.version, data_dir)?;
     // A primary replaced at the same address between preflight and clone would pass unnoticed otherwise.
     let cloned = &controldata.system_identifier;
-    if *cloned != primary.system_identifier {
+    if cloned != system_identifier {
         bail!(
-            "the clone has system identifier {cloned:?} but preflight identified the primary as {}: \
-             was the primary replaced meanwhile?",
-            primary.system_identifier
+            "the clone has system identifier {cloned:?} but preflight identified the primary as {system_identifier}: \
+             was the primary replaced meanwhile?"
         );
     }
-    let settings = hot_standby_settings(&controldata.settings, primary.max_wal_senders);
+    let settings = hot_standby_settings(&controldata.settings, fallback_wal_senders);
     let config = standby_config(context.config, Some(&settings));
     let facts = standby_facts(context, Some(settings));
     let conf_d = context.cluster.config_dir.join("conf.d");
@@ -325,19 +337,23 @@ pub fn write_config_files(
         let postgres = postgres_account()?;
         transaction.create_dir(&conf_d, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o755 })?;
     }
+    let mut changed = false;
     // The first file is the signal file, already in staging.
     for file in render(Role::Standby, &config, &facts)?.into_iter().skip(1) {
         if let Some(change) = rendered_file_change(file)? {
             log::info!("writing {}", change.path.display());
             transaction.write(&change)?;
+            changed = true;
         }
     }
     if let Some(change) = passfile_change(context.config, context.password)? {
         log::info!("writing {}", change.path.display());
         transaction.write(&change)?;
+        changed = true;
     }
     // The cluster is a proper standby of the primary from here: a fence must not keep it from serving reads.
-    crate::fence::take_down(context.cluster, transaction)
+    crate::fence::take_down(context.cluster, transaction)?;
+    Ok(changed)
 }
 
 fn undo_before_swap(

@@ -1,7 +1,8 @@
 //! The standby workflows: make this host's cluster a streaming standby of the primary, by a
 //! clone (`clone`) or by pg_rewind (`rewind`), after a preflight that changes nothing
 //! (`preflight`), with the primary's slot for it (`slots`) and the wait for streaming
-//! (`streaming`). `pgha standby` and `pgha rejoin` are thin layers over these.
+//! (`streaming`); a standby found in place is kept, never replaced unasked (`existing`).
+//! `pgha standby` and `pgha rejoin` are thin layers over these.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -15,6 +16,7 @@ use crate::tools::psql::Target;
 use crate::upstream::{login_failure, replication_target, sql_target};
 
 pub mod clone;
+pub mod existing;
 pub mod preflight;
 pub mod rejoin;
 pub mod rewind;

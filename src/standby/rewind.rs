@@ -102,7 +102,13 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
     wait_for_dead_postmaster(&cluster.data_dir);
     configure_staging(context, &cluster.data_dir)?;
     let mut transaction = Transaction::new();
-    write_config_files(context, primary, &cluster.data_dir, &mut transaction)?;
+    write_config_files(
+        context,
+        &primary.system_identifier,
+        primary.max_wal_senders,
+        &cluster.data_dir,
+        &mut transaction,
+    )?;
     // A standby's files stay whatever happens next: rejoin either finishes or clones, which rewrites them.
     transaction.commit();
     invoke_pg_ctlcluster(cluster, ClusterAction::Start)
@@ -196,7 +202,13 @@ pub fn rewind(
     }
     configure_staging(context, &cluster.data_dir)?;
     let mut transaction = Transaction::new();
-    write_config_files(context, primary, &cluster.data_dir, &mut transaction)?;
+    write_config_files(
+        context,
+        &primary.system_identifier,
+        primary.max_wal_senders,
+        &cluster.data_dir,
+        &mut transaction,
+    )?;
     // A standby's files stay whatever happens next: rejoin either finishes or clones, which rewrites them.
     transaction.commit();
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.primary);

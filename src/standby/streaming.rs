@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::notify::notify_status;
+use crate::notify::{notify_progress, notify_status};
 use crate::standby::StandbyContext;
 use crate::tools::pg_controldata;
 use crate::tools::pg_lsclusters::is_online;
@@ -60,6 +60,8 @@ pub fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result
     notify_status("waiting for the standby to stream");
     let local = Target::local(context.cluster);
     let streaming = poll_until(timeout, Duration::from_millis(500), || {
+        // pgha bounds this wait itself: the unit's start timeout must not end it first.
+        notify_progress();
         if query_bool(&local, "SELECT pg_is_in_recovery()").ok() == Some(false) {
             bail!("the new copy came up as a primary, not in recovery");
         }

@@ -166,9 +166,13 @@ else
 fi
 
 echo "-- systemctl stop pgha-standby in the middle of a clone"
-# A down cluster makes pgha-standby clone again; a slow link keeps it copying long enough to stop it.
+# The unit never clones a standby it made: for this clone it runs `pgha standby --force-reclone`
+# (a runtime drop-in, removed below); a slow link keeps it copying long enough to stop it.
 clone_inode=$(in_host "$standby" stat -c %i "$datadir")
 in_host "$standby" pg_ctlcluster "$pg" main stop
+in_host "$standby" sh -c 'mkdir -p /run/systemd/system/pgha-standby.service.d &&
+    printf "[Service]\nExecStart=\nExecStart=/usr/sbin/pgha standby --force-reclone\n" \
+        > /run/systemd/system/pgha-standby.service.d/reclone.conf && systemctl daemon-reload'
 # The data flows from the primary: its side of the link is the one to slow down.
 in_host "$primary" tc qdisc add dev host0 root tbf rate 16mbit burst 64kbit latency 400ms
 in_host "$standby" systemctl restart --no-block pgha-standby
@@ -183,7 +187,15 @@ check "the stopped clone left the original data directory in place" \
     test "$(in_host "$standby" stat -c %i "$datadir")" = "$clone_inode"
 check "the stopped clone left no staging directory" bash -c "! test -e '$(host_dir "$standby")/root$datadir.pgha-staging'"
 check "the stopped clone left no pg_basebackup running" bash -c "! nsenter -t $(cat "$(host_dir "$standby")/leader.pid") -a -- pgrep -x pg_basebackup"
-check "after the stopped clone pgha-standby runs to success again" in_host "$standby" systemctl start pgha-standby
+in_host "$standby" sh -c 'rm -r /run/systemd/system/pgha-standby.service.d && systemctl daemon-reload'
+check "the stopped clone left the standby down, as it found it" \
+    bash -c "! nsenter -t $(cat "$(host_dir "$standby")/leader.pid") -a -- pg_ctlcluster $pg main status >/dev/null"
+check "after the stopped clone pgha-standby starts the standby it made, no new clone" \
+    in_host "$standby" systemctl start pgha-standby
+check "pgha-standby said it started the standby" \
+    grep -q "started it" <<<"$(in_host "$standby" systemctl show -P StatusText pgha-standby)"
+check "the standby is the one cloned before (same data directory)" \
+    test "$(in_host "$standby" stat -c %i "$datadir")" = "$clone_inode"
 check "and the standby streams" eventually 60 streaming_to_standby
 
 echo "-- journal"

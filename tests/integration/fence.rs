@@ -157,6 +157,12 @@ fn returning_old_primary(crash: bool) {
     assert_eq!(primary.code, 1, "{}\n{}", primary.stdout, primary.stderr);
     assert!(primary.stderr.contains("fenced"), "{}", primary.stderr);
 
+    // pgha-standby on A (enabled there by hand, say) neither lifts the fence nor clones over the fork.
+    let standby = p.run_a(&["standby"]);
+    assert_eq!(standby.code, 1, "{}\n{}", standby.stdout, standby.stderr);
+    assert!(standby.stderr.contains("is fenced") && standby.stderr.contains("pgha rejoin"), "{}", standby.stderr);
+    assert!(fence_file(a).is_file(), "the fence stays up");
+
     // A second start runs the fence again: it starts in recovery now, so it returns at once.
     let again = fence(&p.hosts.a.name, &p.config_a, a);
     assert_eq!(again.code, 0, "{}", again.stderr);

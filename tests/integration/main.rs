@@ -4,6 +4,7 @@
 
 mod common;
 
+mod boot;
 mod cli;
 mod day2;
 mod fence;
