@@ -126,10 +126,12 @@ host_boot() {
     done
     [ -n "$leader" ] || die "no systemd in container $name"
     echo "$leader" >"$dir/leader.pid"
-    # Until systemd listens on its private socket, systemctl fails at once: retry that.
+    # Until systemd listens on its private socket, systemctl fails at once, and before it has
+    # made /run/systemd/system it says "offline": retry both. Under load, with three hosts
+    # booting at once, a first look can come that early.
     for i in $(seq 120); do
         state=$(timeout 120 nsenter -t "$leader" -a -- systemctl is-system-running --wait 2>/dev/null || true)
-        [ -z "$state" ] || break
+        [ -z "$state" ] || [ "$state" = offline ] || break
         sleep 0.5
     done
     case "$state" in
