@@ -141,11 +141,13 @@ cp "$deb" "$(host_dir "$testbed")/root/root/pgha.deb"
 # The runner ends with `apt-get update` to undo its apt changes; the host has no archive, so it
 # gets no sources that update could fail to reach.
 rm -f "$(host_dir "$testbed")/root/etc/apt/sources.list" "$(host_dir "$testbed")/root/etc/apt/sources.list.d/"*
+autopkgtest_started=$(date +%s)
 autopkgtest_output=$(in_host "$testbed" autopkgtest --summary-file /root/autopkgtest.summary --timeout-test=600 \
     /root/pgha.deb /root/pgha-source/ -- null 2>&1)
 autopkgtest_status=$?
 summary=$(cat "$(host_dir "$testbed")/root/root/autopkgtest.summary" 2>/dev/null)
 printf '%s\n' "$summary" | sed 's/^/    /'
+echo "    (autopkgtest took $(($(date +%s) - autopkgtest_started)) s)"
 for script in $(sed -n 's/^Tests: //p' "$here/../../debian/tests/control"); do
     check "autopkgtest $script: PASS" grep -q "^$script  *PASS" <<<"$summary"
 done
