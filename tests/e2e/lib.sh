@@ -5,6 +5,7 @@
 CACHE=${PGHA_TEST_CACHE:-/var/cache/pgha-test}
 STATE=${PGHA_TEST_STATE:-/var/lib/pgha-test}
 MIRROR=${PGHA_TEST_MIRROR:-http://deb.debian.org/debian}
+TESTS_CONTROL=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../debian/tests" && pwd)/control
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -19,14 +20,18 @@ pg_version_of() {
 
 # The packages every host needs: systemd, PostgreSQL, man-db (systemd-analyze verify opens the
 # Documentation=man: pages), and every Depends of the .deb, because the
-# containers have no network to the archive when `apt install ./pgha.deb` runs.
+# containers have no network to the archive when `apt install ./pgha.deb` runs. The autopkgtest
+# runner, apt-utils (it indexes the .deb with apt-ftparchive) and the Depends of every test in
+# debian/tests/control are there for the same reason.
 base_packages() {
     local dist=$1 deb=$2 pg
     pg=$(pg_version_of "$dist")
-    local depends
+    local depends test_depends
     depends=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed -e 's/|.*//' -e 's/(.*)//' -e 's/[[:space:]]//g' | grep . | sort -u)
+    test_depends=$(sed -n 's/^Depends://p' "$TESTS_CONTROL" | tr ',' '\n' | sed -e 's/|.*//' -e 's/(.*)//' -e 's/[[:space:]]//g' |
+        grep -v '^@' | grep . | sort -u)
     printf '%s\n' systemd systemd-sysv dbus iproute2 procps libnss-myhostname util-linux apt man-db \
-        "postgresql-$pg" "postgresql-client-$pg" $depends | sort -u | paste -sd, -
+        "postgresql-$pg" "postgresql-client-$pg" autopkgtest apt-utils $depends $test_depends | sort -u | paste -sd, -
 }
 
 # Prints the base image directory for DIST, building it when the cache lacks it. The directory
@@ -121,10 +126,12 @@ host_boot() {
     done
     [ -n "$leader" ] || die "no systemd in container $name"
     echo "$leader" >"$dir/leader.pid"
-    # Until systemd listens on its private socket, systemctl fails at once: retry that.
+    # Until systemd listens on its private socket, systemctl fails at once, and before it has
+    # made /run/systemd/system it says "offline": retry both. Under load, with three hosts
+    # booting at once, a first look can come that early.
     for i in $(seq 120); do
         state=$(timeout 120 nsenter -t "$leader" -a -- systemctl is-system-running --wait 2>/dev/null || true)
-        [ -z "$state" ] || break
+        [ -z "$state" ] || [ "$state" = offline ] || break
         sleep 0.5
     done
     case "$state" in
