@@ -433,7 +433,6 @@ pub(crate) const MAY_PROMOTE_SQL: &str =
 /// A transaction id is only handed out by a server that accepts writes.
 pub(crate) const FIRST_WRITE_SQL: &str = "SELECT txid_current()";
 
-
 pub(crate) const FOLLOWERS_SQL: &str = "SELECT host(client_addr) FROM pg_stat_replication WHERE state = 'streaming'";
 
 pub(crate) fn promote_role_exists_sql() -> String {

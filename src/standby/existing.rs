@@ -324,7 +324,6 @@ fn repair(context: &StandbyContext, system_identifier: &str) -> Result<bool> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,8 +142,7 @@ fn a_standby_promoted_by_hand_is_never_cloned_over_nor_the_old_primary() {
     b.psql("CREATE TABLE written_after_promote AS SELECT 1 AS x");
     a.psql("CREATE TABLE written_on_the_old_primary AS SELECT 1 AS x");
     let (b_kept, a_kept) = (pgha_dirs(b), pgha_dirs(a));
-    let (b_inode, a_inode) =
-        (fs::metadata(b.data_dir()).unwrap().ino(), fs::metadata(a.data_dir()).unwrap().ino());
+    let (b_inode, a_inode) = (fs::metadata(b.data_dir()).unwrap().ino(), fs::metadata(a.data_dir()).unwrap().ino());
     let (b_started, a_started) = (b.postmaster_start_time(), a.postmaster_start_time());
 
     let (out, _) = boot_run(&setup, &[]);
