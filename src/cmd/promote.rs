@@ -83,10 +83,16 @@ impl PromoteArgs {
                 }
             }
         }
+        // From 10 a standby's primary_conninfo lists every member with target_session_attrs=read-write.
+        let others = if cluster.version.has_wal_names() {
+            format!("every other standby follows {own} by itself (its primary_conninfo lists every member)")
+        } else {
+            format!("on every other standby: `pgha rejoin` to follow {own}")
+        };
         println!(
             "\nno pgha.conf needs an edit: every member now finds {own} as the primary.\nnext:\n  \
              1. on the old primary: `pgha rejoin` (pg_rewind when possible, a full clone otherwise)\n  \
-             2. on every other standby: `pgha rejoin` to follow {own}\n  \
+             2. {others}\n  \
              3. here, at a quiet moment: `pgha primary` writes conf.d/pgha.conf in its primary form \
              (the leftover primary_conninfo is ignored by a primary)\n  4. check with `pgha status` and `pgha verify`"
         );

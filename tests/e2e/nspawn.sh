@@ -364,6 +364,28 @@ check "status on both hosts shows one primary:$roles" test "$(echo $roles)" = "s
 check "pgha.conf is the same on both hosts (no edit)" \
     test "$(in_host "$primary" sha256sum /etc/pgha/pgha.conf | cut -d' ' -f1)" = "$(in_host "$standby" sha256sum /etc/pgha/pgha.conf | cut -d' ' -f1)"
 
+echo "-- switchover to the first primary and back, from the primary alone"
+roles_now() {
+    local roles="" host json
+    for host in "$primary" "$standby"; do
+        json=$(in_host "$host" pgha status --json) || return 1
+        roles="$roles $(printf '%s' "$json" | sed -n 's/^  "role": "\(.*\)",$/\1/p')"
+    done
+    echo $roles
+}
+for round in "$standby $primary $primary_ip" "$primary $standby $standby_ip"; do
+    read -r from to to_ip <<<"$round"
+    check "pgha switchover on $from hands the primary role to $to" in_host "$from" pgha switchover --to "$to_ip"
+    to_writable() { [ "$(psql_in "$to" -c "SELECT pg_is_in_recovery()")" = f ]; }
+    check "... $to is writable" to_writable
+    from_streams() { [ "$(psql_in "$from" -c "SELECT status FROM pg_stat_wal_receiver")" = streaming ]; }
+    check "... and $from streams from it" eventually 60 from_streams
+    expected=$([ "$to" = "$primary" ] && echo "primary standby" || echo "standby primary")
+    check "... status on both hosts agrees: $expected" test "$(roles_now)" = "$expected"
+done
+check "no row was lost across both switchovers" \
+    test "$(psql_in "$standby" -c "SELECT count(*) FROM after_failover")" = 1
+
 echo "-- the fence's cost and fallbacks on the new primary"
 in_host "$standby" systemctl restart "postgresql@$pg-main"
 echo "    restart of the new primary, the other member answering: $(fence_seconds "$standby")"
