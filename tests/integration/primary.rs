@@ -10,7 +10,7 @@ use crate::common::{
     TestConfig,
 };
 
-/// Every character class the issue names: quotes, backslash, dollar, semicolon, space, unicode.
+/// Every character class that breaks naive quoting: quotes, backslash, dollar, semicolon, space, unicode.
 const AWKWARD_PASSWORD: &str = "it's \"q\" \\ $HOME; ünï cødé";
 /// A role name needing SQL identifier quoting (upper case, '.', '$', '-', '@'), within the names pgha
 /// accepts; names with quotes, ':' or non-ASCII letters are refused (cli::config_errors_name_file_key_and_value).
