@@ -78,6 +78,8 @@ pub enum Command {
     Fence(crate::cmd::fence::FenceArgs),
     /// Hand the primary role to a caught-up standby (run on the primary; PostgreSQL 12+), losing no commit
     Switchover(crate::cmd::switchover::SwitchoverArgs),
+    /// Remove the old data directories and forks pgha kept, once older than --older-than
+    Cleanup(crate::cmd::cleanup::CleanupArgs),
     /// Write /etc/pgha/pgha.conf and the password file (used by the package's postinst)
     WriteConfig(crate::cmd::write_config::WriteConfigArgs),
     /// Write man pages and shell completions (used by the package build)

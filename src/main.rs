@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         Command::Rejoin(args) => args.run(config),
         Command::Fence(args) => args.run(config),
         Command::Switchover(args) => args.run(config),
+        Command::Cleanup(args) => args.run(config),
         Command::WriteConfig(args) => args.run(config),
         Command::GenerateDocs(args) => args.run(Cli::command()),
     };

@@ -5,6 +5,7 @@
 //! means CRITICAL, and a broken pgha.conf says nothing about the database.
 
 use std::path::Path;
+use std::time::SystemTime;
 
 use anyhow::Result;
 use clap::Args;
@@ -13,7 +14,8 @@ use std::net::IpAddr;
 
 use crate::config::Config;
 use crate::debian::Cluster;
-use crate::health::{describe, fenced, format_table, ClusterReport, Limits, Report};
+use crate::files::datadir::{dir_size, filesystem_bytes, kept_beside, Kept};
+use crate::health::{describe, describe_kept, fenced, format_table, ClusterReport, Limits, Report};
 use crate::members::find_primary;
 use crate::node::{find_local_address, Node};
 use crate::replication::{parse_snapshot, snapshot_sql, Health, LagLimit};
@@ -35,6 +37,11 @@ pub struct StatusArgs {
     #[arg(long, value_name = "LIMIT")]
     pub crit_lag: Vec<LagLimit>,
 
+    /// WARNING when the directories pgha kept beside the data directory take more than this
+    /// percentage of its filesystem
+    #[arg(long, value_name = "PERCENT", default_value_t = 20, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub warn_kept: u8,
+
     /// Print the raw answer of the status query (for saving parser test samples)
     #[arg(long, hide = true)]
     pub raw: bool,
@@ -48,7 +55,7 @@ impl StatusArgs {
             return Ok(0);
         }
         let limits = Limits::new(&self.warn_lag, &self.crit_lag);
-        let report = match gather(config_path, &limits) {
+        let report = match gather(config_path, &limits, self.warn_kept) {
             Ok(report) => report,
             Err(error) => {
                 let mut report = Report::empty();
@@ -73,7 +80,7 @@ fn ask_members(config: &Config, cluster: &Cluster, own: IpAddr) -> Result<IpAddr
     Ok(find_primary(config, cluster, &passfile.path, own, None)?.0)
 }
 
-fn gather(config_path: &Path, limits: &Limits) -> Result<Report> {
+fn gather(config_path: &Path, limits: &Limits, warn_kept: u8) -> Result<Report> {
     let Node { config, cluster } = Node::load(config_path)?;
     let online = pg_lsclusters::is_online(&cluster)?;
     let mut report = Report::empty();
@@ -103,6 +110,10 @@ fn gather(config_path: &Path, limits: &Limits) -> Result<Report> {
             ),
         );
     }
+    match kept_with_sizes(&cluster) {
+        Ok((kept, filesystem)) => describe_kept(&mut report, &kept, SystemTime::now(), filesystem, warn_kept),
+        Err(error) => report.problem(Health::Warning, format!("cannot list what pgha kept: {error:#}")),
+    }
     if let Some(fence) = crate::fence::read(&cluster)? {
         // A fenced server refuses every connection: the fence's own file is what tells.
         fenced(&mut report, &fence);
@@ -115,4 +126,21 @@ fn gather(config_path: &Path, limits: &Limits) -> Result<Report> {
     let snapshot = parse_snapshot(&query(&Target::local(&cluster), &snapshot_sql(cluster.version))?)?;
     describe(&mut report, &config, &cluster, &snapshot, limits);
     Ok(report)
+}
+
+/// The kept directories beside the data directory with their sizes (walked without following
+/// links), and the size of the filesystem they are on.
+fn kept_with_sizes(cluster: &Cluster) -> Result<(Vec<(Kept, u64)>, u64)> {
+    let kept = kept_beside(&cluster.data_dir)?;
+    let parent = cluster.data_dir.parent().unwrap_or(&cluster.data_dir);
+    let filesystem = filesystem_bytes(parent)?;
+    Ok((
+        kept.into_iter()
+            .map(|dir| {
+                let bytes = dir_size(&dir.path);
+                (dir, bytes)
+            })
+            .collect(),
+        filesystem,
+    ))
 }

@@ -119,6 +119,90 @@ pub fn check_swappable(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What pgha kept beside a data directory: a replaced data directory or a rewind's fork.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    pub path: PathBuf,
+    pub kind: KeptKind,
+    /// When pgha made it, from its name.
+    pub made: SystemTime,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeptKind {
+    Old,
+    Fork,
+}
+
+impl KeptKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeptKind::Old => "old data directory",
+            KeptKind::Fork => "fork",
+        }
+    }
+}
+
+/// Which kept directory `name` is beside a data directory called `data_name`, and when it was
+/// made; None for any other name (the timestamp must be one pgha writes).
+pub fn parse_kept_name(data_name: &str, name: &str) -> Option<(KeptKind, SystemTime)> {
+    let rest = name.strip_prefix(data_name)?;
+    let (kind, stamp) = if let Some(stamp) = rest.strip_prefix(".pgha-old-") {
+        (KeptKind::Old, stamp)
+    } else {
+        (KeptKind::Fork, rest.strip_prefix(".pgha-fork-")?)
+    };
+    // 20270115T080000Z, as `stamp` writes it.
+    let bytes = stamp.as_bytes();
+    if bytes.len() != 16 || bytes[8] != b'T' || bytes[15] != b'Z' {
+        return None;
+    }
+    let digits = |range: std::ops::Range<usize>| -> Option<&str> {
+        let part = stamp.get(range)?;
+        part.bytes().all(|b| b.is_ascii_digit()).then_some(part)
+    };
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        digits(0..4)?,
+        digits(4..6)?,
+        digits(6..8)?,
+        digits(9..11)?,
+        digits(11..13)?,
+        digits(13..15)?
+    );
+    Some((kind, humantime::parse_rfc3339(&rfc3339).ok()?))
+}
+
+/// The `.pgha-old-*` and `.pgha-fork-*` directories beside the data directory, oldest first.
+/// Only names are read from the parent (postgres owns it); an entry that is not a directory
+/// (a link planted there, say) is no kept directory.
+pub fn kept_beside(data_dir: &Path) -> Result<Vec<Kept>> {
+    let (parent, data_name) = open_parent(data_dir)?;
+    let data_name = data_name.to_string_lossy().into_owned();
+    let mut kept = Vec::new();
+    for name in parent.list()? {
+        let Some(text) = name.to_str() else { continue };
+        let Some((kind, made)) = parse_kept_name(&data_name, text) else { continue };
+        if parent.stat(&name)?.is_some_and(|stat| stat.kind == crate::files::secure::Kind::Dir) {
+            kept.push(Kept { path: parent.path().join(&name), kind, made });
+        }
+    }
+    kept.sort_by_key(|kept| kept.made);
+    Ok(kept)
+}
+
+/// Removes a kept directory through the handle of its parent: nothing in it is followed.
+pub fn remove_kept(kept: &Kept) -> Result<()> {
+    let (parent, name) = open_parent(&kept.path)?;
+    parent.remove_tree(&name).with_context(|| format!("cannot remove {}", kept.path.display()))
+}
+
+/// The size of the filesystem holding `dir`, in bytes.
+pub fn filesystem_bytes(dir: &Path) -> Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).with_context(|| format!("cannot statvfs {}", dir.display()))?;
+    Ok(stat.blocks() as u64 * stat.fragment_size() as u64)
+}
+
 fn name_of(path: &Path) -> Result<OsString> {
     Ok(path.file_name().with_context(|| format!("{} names no directory", path.display()))?.to_os_string())
 }
@@ -247,6 +331,25 @@ mod tests {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         assert_eq!(old_path(data, at), Path::new("/var/lib/postgresql/15/main.pgha-old-20270115T080000Z"));
         assert_eq!(fork_path(data, at), Path::new("/var/lib/postgresql/15/main.pgha-fork-20270115T080000Z"));
+        let (kind, made) = parse_kept_name("main", "main.pgha-old-20270115T080000Z").unwrap();
+        assert_eq!((kind, made), (KeptKind::Old, at));
+        assert_eq!(parse_kept_name("main", "main.pgha-fork-20270115T080000Z").unwrap().0, KeptKind::Fork);
+    }
+
+    #[test]
+    fn only_names_pgha_writes_are_kept_directories() {
+        for name in [
+            "main",
+            "main.pgha-staging",
+            "main.pgha-old-2027011T080000Z",
+            "main.pgha-old-20270115T080000",
+            "main.pgha-old-2027O115T080000Z",
+            "main.pgha-old-20271315T080000Z",
+            "other.pgha-old-20270115T080000Z",
+            "main.pgha-old-20270115T080000Z/..",
+        ] {
+            assert_eq!(parse_kept_name("main", name), None, "{name}");
+        }
     }
 
     #[test]

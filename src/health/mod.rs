@@ -9,7 +9,7 @@ use crate::render::standby_name;
 mod report;
 
 use crate::replication::{format_bytes, sender_lag, standby_lag, Health, Lag, LagLimit, Snapshot};
-pub use report::{format_table, ClusterReport, ReceiverReport, Report, SlotReport, StandbyReport};
+pub use report::{format_table, ClusterReport, KeptReport, ReceiverReport, Report, SlotReport, StandbyReport};
 
 /// Limits in force: the defaults unless the admin gave some of that level.
 pub struct Limits {
@@ -50,6 +50,42 @@ fn describe_lag(lag: Lag) -> String {
 pub fn fenced(report: &mut Report, fence: &crate::fence::Fence) {
     report.role = Some("standby");
     report.problem(Health::Critical, fence.message());
+}
+
+/// The directories pgha kept beside the data directory, each with its size: listed, and a
+/// WARNING when together they take more than `warn_percent` of the filesystem. pgha never removes
+/// them by itself (they are what "nothing lost" keeps), so someone has to see them pile up.
+pub fn describe_kept(
+    report: &mut Report,
+    kept: &[(crate::files::datadir::Kept, u64)],
+    now: std::time::SystemTime,
+    filesystem_bytes: u64,
+    warn_percent: u8,
+) {
+    for (dir, bytes) in kept {
+        report.kept.push(KeptReport {
+            path: dir.path.display().to_string(),
+            kind: match dir.kind {
+                crate::files::datadir::KeptKind::Old => "old",
+                crate::files::datadir::KeptKind::Fork => "fork",
+            },
+            age_seconds: now.duration_since(dir.made).map_or(0, |age| age.as_secs()),
+            bytes: *bytes,
+        });
+    }
+    let total: u64 = kept.iter().map(|(_, bytes)| bytes).sum();
+    if filesystem_bytes > 0 && u128::from(total) * 100 > u128::from(filesystem_bytes) * u128::from(warn_percent) {
+        report.problem(
+            Health::Warning,
+            format!(
+                "{} kept beside the data directory take {} ({}% of its filesystem, more than {warn_percent}%): \
+                 remove what is no longer needed with `pgha cleanup --older-than DURATION`",
+                if kept.len() == 1 { "1 directory".to_string() } else { format!("{} directories", kept.len()) },
+                format_bytes(total),
+                u128::from(total) * 100 / u128::from(filesystem_bytes)
+            ),
+        );
+    }
 }
 
 /// The health rules, applied to one snapshot. Kept free of I/O.
@@ -280,5 +316,32 @@ mod tests {
         let report = report_for(&without_receiver, "10.231.245.2", conf);
         assert_eq!(report.status, Health::Critical);
         assert_eq!(report.receiver.as_ref().unwrap().status, "stopped");
+    }
+
+    #[test]
+    fn kept_directories_are_listed_and_warn_past_their_share_of_the_disk() {
+        use crate::files::datadir::{Kept, KeptKind};
+        use std::time::{Duration, SystemTime};
+        let made = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let now = made + Duration::from_secs(3 * 86400);
+        let kept = vec![
+            (Kept { path: "/v/15/main.pgha-old-x".into(), kind: KeptKind::Old, made }, 150 << 20),
+            (Kept { path: "/v/15/main.pgha-fork-y".into(), kind: KeptKind::Fork, made: now }, 50 << 20),
+        ];
+        let mut report = Report::empty();
+        describe_kept(&mut report, &kept, now, 1 << 30, 20);
+        let report = report.finish();
+        assert_eq!(report.status, Health::Ok, "200 MB of 1 GB is under 20%: {:?}", report.problems);
+        assert_eq!(report.kept.len(), 2);
+        assert_eq!((report.kept[0].kind, report.kept[0].age_seconds), ("old", 3 * 86400));
+        let table = format_table(&report);
+        assert!(table.contains("KEPT") && table.contains("3days") && table.contains("150.0 MB"), "{table}");
+
+        let mut report = Report::empty();
+        describe_kept(&mut report, &kept, now, 1 << 30, 15);
+        let report = report.finish();
+        assert_eq!(report.status, Health::Warning);
+        assert!(report.problems[0].message.contains("2 directories") && report.problems[0].message.contains("19%"));
+        assert!(report.problems[0].message.contains("pgha cleanup --older-than"));
     }
 }

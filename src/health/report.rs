@@ -48,6 +48,16 @@ pub struct SlotReport {
     pub wal_status: Option<String>,
 }
 
+/// A directory pgha kept beside the data directory.
+#[derive(Debug, Serialize)]
+pub struct KeptReport {
+    pub path: String,
+    /// "old" (a replaced data directory) or "fork" (the WAL a rewind threw away).
+    pub kind: &'static str,
+    pub age_seconds: u64,
+    pub bytes: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ReceiverReport {
     /// pg_stat_wal_receiver.status, "stopped" when no receiver runs, "unknown" on 9.5.
@@ -80,6 +90,7 @@ pub struct Report {
     pub standbys: Vec<StandbyReport>,
     pub slots: Vec<SlotReport>,
     pub receiver: Option<ReceiverReport>,
+    pub kept: Vec<KeptReport>,
 }
 
 impl Report {
@@ -98,6 +109,7 @@ impl Report {
             standbys: Vec::new(),
             slots: Vec::new(),
             receiver: None,
+            kept: Vec::new(),
         }
     }
 
@@ -206,6 +218,21 @@ pub fn format_table(report: &Report) -> String {
                     if s.active { "yes" } else { "no" }.into(),
                     or_dash(s.restart_lsn),
                     s.retained_bytes.map_or("-".into(), format_bytes),
+                ]
+            })
+            .collect(),
+    );
+    table(
+        &["KEPT", "KIND", "AGE", "SIZE"],
+        report
+            .kept
+            .iter()
+            .map(|k| {
+                vec![
+                    k.path.clone(),
+                    k.kind.to_string(),
+                    humantime::format_duration(std::time::Duration::from_secs(k.age_seconds / 60 * 60)).to_string(),
+                    format_bytes(k.bytes),
                 ]
             })
             .collect(),

@@ -43,7 +43,7 @@ fn stage_counts(cluster: &TestCluster) -> String {
     cluster.psql("SELECT string_agg(stage || '=' || n, ',' ORDER BY stage) FROM (SELECT stage, count(*) n FROM stages GROUP BY stage) s")
 }
 
-fn status_json(out: &PghaOutput) -> serde_json::Value {
+pub(crate) fn status_json(out: &PghaOutput) -> serde_json::Value {
     let value: serde_json::Value =
         serde_json::from_str(&out.stdout).unwrap_or_else(|error| panic!("not JSON ({error}): {}", out.stdout));
     let schema: serde_json::Value =

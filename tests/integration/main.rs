@@ -9,6 +9,7 @@ mod cli;
 mod day2;
 mod fence;
 mod golden;
+mod kept;
 mod primary;
 mod promote_guard;
 mod secrets;
