@@ -14,6 +14,7 @@ mod promote_guard;
 mod secrets;
 mod standby;
 mod switchover;
+mod synchronous;
 mod tls;
 mod trust;
 mod versions;
