@@ -58,9 +58,18 @@ pub fn prepare(config: &Config, cluster: &Cluster, password: &Password, own_addr
 /// How long a restarted or reloaded server gets to accept connections again.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Settings pgha writes into conf.d/pgha.conf; each must really take effect from there.
-const MANAGED_SETTINGS: [&str; 6] =
-    ["listen_addresses", "wal_level", "wal_log_hints", "max_wal_senders", "max_replication_slots", "hot_standby"];
+/// Settings pgha writes into conf.d/pgha.conf; each must really take effect from there. The last
+/// two only while replication.synchronous is on (off leaves them to the admin).
+const MANAGED_SETTINGS: [&str; 8] = [
+    "listen_addresses",
+    "wal_level",
+    "wal_log_hints",
+    "max_wal_senders",
+    "max_replication_slots",
+    "hot_standby",
+    "synchronous_standby_names",
+    "synchronous_commit",
+];
 
 pub fn list(addresses: &[std::net::IpAddr]) -> String {
     addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
@@ -375,7 +384,7 @@ fn apply_steps(
     for step in &plan.steps {
         if let Step::Sql { shown, sql } = step {
             log::info!("{shown}");
-            query(target, sql)?;
+            query(target, &local_commit_sql(sql))?;
         }
     }
     if !files_changed {
@@ -454,13 +463,23 @@ pub(crate) fn hba_errors_sql(version: PgVersion) -> Option<&'static str> {
     version.has_wal_names().then_some("SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL")
 }
 
-/// Managed settings that a later file (postgresql.auto.conf, say) sets again, so `fragment`'s value is ignored.
+/// Managed settings that `fragment` sets and a later file (postgresql.auto.conf, say) sets again,
+/// so `fragment`'s value is ignored. A setting the fragment leaves out is the admin's to set.
 pub(crate) fn overridden_settings_sql(fragment: &std::path::Path) -> String {
     let names = MANAGED_SETTINGS.iter().map(|name| sql_literal(name)).collect::<Vec<_>>().join(", ");
+    let fragment = sql_literal(&fragment.display().to_string());
     format!(
-        "SELECT name, sourcefile, sourceline FROM pg_file_settings WHERE applied AND name IN ({names}) AND sourcefile <> {}",
-        sql_literal(&fragment.display().to_string())
+        "SELECT name, sourcefile, sourceline FROM pg_file_settings WHERE applied AND name IN ({names}) AND sourcefile <> {fragment} \
+         AND name IN (SELECT name FROM pg_file_settings WHERE sourcefile = {fragment})"
     )
+}
+
+/// `statements` committed without waiting for synchronous standbys. pgha's own writes (roles,
+/// grants, the promote role's one-time password) use it: with replication.synchronous on and too
+/// few standbys connected they would otherwise hang, `pgha primary` included, the very command
+/// that turns synchronous replication off. They still reach the standbys as all WAL does.
+pub(crate) fn local_commit_sql(statements: &str) -> String {
+    format!("SET synchronous_commit = local;\n{statements}")
 }
 
 /// After a rollback: bring the server back to the restored files, doing no more than the

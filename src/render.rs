@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::config::{Config, SslMode, DEFAULTS};
+use crate::config::{Config, SslMode, Synchronous, DEFAULTS};
 use crate::quote::{conf_quote, conninfo_quote, shell_quote};
 use crate::version::PgVersion;
 
@@ -191,6 +191,28 @@ pub fn primary_conninfo(config: &Config, facts: &Facts) -> String {
     parts.join(" ")
 }
 
+/// synchronous_standby_names for `replication.synchronous`, None when it is off. Every member is
+/// named, this node too: pgha.conf never changes with a role, so the same list must serve
+/// whichever member is primary; a server never waits for itself, and a name that is not connected
+/// does not count. 10 waits for any `count` of them (quorum); 9.6 for the first `count` connected
+/// in list order; 9.5 for the first connected only (`check_synchronous_for` refuses more).
+pub fn synchronous_standby_names(config: &Config, version: PgVersion) -> Option<String> {
+    if config.replication.synchronous == Synchronous::Off {
+        return None;
+    }
+    let names: Vec<String> =
+        config.node_addresses().into_iter().map(|address| format!("\"{}\"", standby_name(address))).collect();
+    let list = names.join(", ");
+    let count = config.replication.synchronous_count;
+    Some(if version >= PgVersion::new(10, 0) {
+        format!("ANY {count} ({list})")
+    } else if version >= PgVersion::new(9, 6) {
+        format!("{count} ({list})")
+    } else {
+        list
+    })
+}
+
 fn hba_lines(config: &Config, facts: &Facts) -> Vec<String> {
     let connection_type =
         if facts.local_ssl && config.replication.sslmode != SslMode::Disable { "hostssl" } else { "host" };
@@ -225,6 +247,7 @@ fn hba_lines(config: &Config, facts: &Facts) -> Vec<String> {
 pub fn render(role: Role, config: &Config, facts: &Facts) -> Result<Vec<RenderedFile>> {
     let tera = engine()?;
     let version = facts.version;
+    config.check_synchronous_for(version)?;
     let slot_name = config.replication.slots.then(|| standby_name(facts.own_address));
     let archive_dir = shell_quote(&config.archive.directory.display().to_string()).replace('%', "%%");
     let archive_command = format!(
@@ -253,6 +276,26 @@ pub fn render(role: Role, config: &Config, facts: &Facts) -> Result<Vec<Rendered
     context.insert("slot_name", &slot_name);
     context.insert("slot_name_quoted", &slot_name.as_deref().map(conf_quote));
     context.insert("lines", &hba_lines(config, facts));
+    // Both roles carry the same synchronous settings: a standby ignores them, and once promoted
+    // (`pgha promote`, a switchover) it keeps the guarantee with no `pgha primary` run there.
+    let synchronous_names = synchronous_standby_names(config, version);
+    context.insert("synchronous_standby_names", &synchronous_names.as_deref().map(conf_quote));
+    context.insert("synchronous_commit", &config.replication.synchronous.synchronous_commit());
+    context.insert("synchronous_count", &config.replication.synchronous_count);
+    let form = if version >= PgVersion::new(10, 0) {
+        "quorum"
+    } else if version >= PgVersion::new(9, 6) {
+        "priority"
+    } else {
+        "single"
+    };
+    context.insert("synchronous_form", form);
+    let verb = if config.replication.synchronous == Synchronous::RemoteApply {
+        "replayed (visible to reads)"
+    } else {
+        "flushed to disk"
+    };
+    context.insert("synchronous_verb", verb);
     let reason = if facts.local_ssl {
         "hostssl: the server has ssl on, so replication traffic and passwords are encrypted."
     } else {
@@ -320,6 +363,62 @@ mod tests {
         assert!(v15.contains(" target_session_attrs=read-write "), "{v15}");
         let v96 = primary_conninfo(&config, &facts(PgVersion::new(9, 6)));
         assert!(v96.starts_with("host=10.0.0.2 ") && !v96.contains("target_session_attrs"), "{v96}");
+    }
+
+    fn sync_config(line: &str) -> Config {
+        let text = format!(
+            "[primary]\naddress = \"10.0.0.1\"\n[standby]\naddresses = [\"10.0.0.2\", \"2001:db8::3\"]\n[replication]\n{line}\n"
+        );
+        Config::parse(Path::new("/etc/pgha/pgha.conf"), &text).unwrap()
+    }
+
+    /// conf.d/pgha.conf of `role` on 10.0.0.2, a standby of 10.0.0.1.
+    fn fragment(config: &Config, role: Role, version: PgVersion) -> Result<String> {
+        let facts = Facts::assumed(version, "main", "10.0.0.2".parse().unwrap(), "10.0.0.1".parse().unwrap());
+        let files = render(role, config, &facts)?;
+        Ok(files.into_iter().find(|file| file.path.ends_with("conf.d/pgha.conf")).unwrap().content)
+    }
+
+    #[test]
+    fn synchronous_off_writes_neither_setting() {
+        let config = sync_config("");
+        for role in [Role::Primary, Role::Standby] {
+            let text = fragment(&config, role, PgVersion::new(15, 0)).unwrap();
+            assert!(!text.contains("synchronous_standby_names") && !text.contains("synchronous_commit"), "{text}");
+        }
+    }
+
+    #[test]
+    fn synchronous_names_every_member_in_each_version_form_and_both_roles() {
+        let members = r#""pgha_10_0_0_1", "pgha_10_0_0_2", "pgha_2001_db8__3""#;
+        let on = sync_config("synchronous = \"on\"\nsynchronous_count = 2");
+        for role in [Role::Primary, Role::Standby] {
+            for version in [PgVersion::new(10, 0), PgVersion::new(15, 0), PgVersion::new(18, 0)] {
+                let text = fragment(&on, role, version).unwrap();
+                let expected = format!("synchronous_standby_names = 'ANY 2 ({members})'\nsynchronous_commit = on\n");
+                assert!(text.contains(&expected), "{version} {role:?}: {text}");
+                assert!(text.contains("# flushed to disk on any 2 of the standbys named below."), "{text}");
+            }
+            let v96 = fragment(&on, role, PgVersion::new(9, 6)).unwrap();
+            assert!(v96.contains(&format!("synchronous_standby_names = '2 ({members})'\n")), "{v96}");
+            assert!(v96.contains("on the first 2 connected standby(s) named below, in list order."), "{v96}");
+        }
+        let apply = sync_config("synchronous = \"remote_apply\"");
+        let v96 = fragment(&apply, Role::Primary, PgVersion::new(9, 6)).unwrap();
+        assert!(v96.contains(&format!("'1 ({members})'\nsynchronous_commit = remote_apply\n")), "{v96}");
+        let v95 = fragment(&sync_config("synchronous = \"on\""), Role::Standby, PgVersion::new(9, 5)).unwrap();
+        assert!(v95.contains(&format!("synchronous_standby_names = '{members}'\nsynchronous_commit = on\n")), "{v95}");
+        assert!(v95.contains("on the first connected standby named below, in list order."), "{v95}");
+    }
+
+    #[test]
+    fn synchronous_beyond_9_5_is_a_config_error_at_render_time() {
+        for line in ["synchronous = \"remote_apply\"", "synchronous = \"on\"\nsynchronous_count = 2"] {
+            let error = fragment(&sync_config(line), Role::Primary, PgVersion::new(9, 5)).unwrap_err();
+            assert!(error.downcast_ref::<crate::error::ConfigError>().is_some(), "{error:#}");
+            let text = format!("{error:#}");
+            assert!(text.contains("/etc/pgha/pgha.conf") && text.contains("replication.synchronous"), "{text}");
+        }
     }
 
     #[test]

@@ -600,6 +600,7 @@ const BUILDERS: &[&str] = &[
     "role_query_sql",
     "role_sql",
     "quiet_session_sql",
+    "local_commit_sql",
     "missing_rewind_grants_sql",
     "grant_execute_sql",
     "PENDING_RESTART_SQL",
@@ -650,6 +651,7 @@ fn built_statements(version: PgVersion) -> Vec<Sent> {
         sent("standby::slots::drop_stale_slots_sql", slots::drop_stale_slots_sql(&[literal.clone(), literal.clone()])),
         sent("primary::role_query_sql", primary::role_query_sql("pgha_repl", version)),
         sent("primary::quiet_session_sql", primary::quiet_session_sql(version)),
+        sent("primary::local_commit_sql", primary::local_commit_sql("SELECT 1;\n")),
         sent("primary::PENDING_RESTART_SQL", primary::PENDING_RESTART_SQL),
         sent("primary::FILE_ERRORS_SQL", primary::FILE_ERRORS_SQL),
         sent(

@@ -15,7 +15,7 @@ use crate::debian::{log_tail, Cluster};
 use crate::files::apply::Transaction;
 use crate::members::find_primary;
 use crate::password::verifier_for;
-use crate::primary::quiet_session_sql;
+use crate::primary::{local_commit_sql, quiet_session_sql};
 use crate::quote::{sql_identifier, sql_literal};
 use crate::render::{standby_name, PROMOTE_ROLE};
 use crate::replication::Lsn;
@@ -145,7 +145,9 @@ pub fn switchover(
         .with_context(|| format!("{target} was promoted but accepts no write"))?;
     let write_pause = stop_started.elapsed();
     log::info!("{target} accepted a write {} ms after this cluster began to stop", write_pause.as_millis());
-    if let Err(error) = query(&promoter, &disarm_sql(false)) {
+    // The new primary keeps synchronous replication on, and this host becomes its standby only
+    // after this: waiting for a standby here would wait for ever.
+    if let Err(error) = query(&promoter, &local_commit_sql(&disarm_sql(false))) {
         log::warn!(
             "could not take the one-time password of {PROMOTE_ROLE} away on {target} ({error:#}); it expires by itself"
         );
@@ -242,13 +244,13 @@ fn arm_promote_role(config: &Config, cluster: &Cluster, local: &Target, password
     }
     let until = query_value(local, &armed_until_sql())?;
     let verifier = verifier_for(cluster.version, PROMOTE_ROLE, password);
-    let rows = query(local, &arm_sql(cluster.version, &verifier, &until))?;
+    let rows = query(local, &local_commit_sql(&arm_sql(cluster.version, &verifier, &until)))?;
     let lsn = rows.last().and_then(|row| row.first()).context("no WAL position after arming the promote role")?;
     lsn.parse().map_err(|error: String| anyhow::anyhow!("{error}"))
 }
 
 fn disarm_locally(local: &Target) {
-    if let Err(error) = query(local, &disarm_sql(true)) {
+    if let Err(error) = query(local, &local_commit_sql(&disarm_sql(true))) {
         log::warn!("could not take the one-time password of {PROMOTE_ROLE} away ({error:#}); it expires by itself");
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::config::Config;
+use crate::config::{Config, Synchronous};
 use crate::debian::{log_tail, Cluster};
 use crate::error::EXIT_OK;
 use crate::members::{survey, Probe};
@@ -96,6 +96,17 @@ impl PromoteArgs {
              3. here, at a quiet moment: `pgha primary` writes conf.d/pgha.conf in its primary form \
              (the leftover primary_conninfo is ignored by a primary)\n  4. check with `pgha status` and `pgha verify`"
         );
+        // The standby form of conf.d/pgha.conf carries the synchronous settings, so they hold here
+        // from now on; with the old primary gone that may leave too few standbys to confirm.
+        if config.replication.synchronous != Synchronous::Off {
+            println!(
+                "\nreplication.synchronous is {:?}: a commit here returns once {} standby(s) confirm it, so until \
+                 enough members stream from {own} (`pgha rejoin` there) writes wait. To accept writes without \
+                 them: set replication.synchronous = \"off\" in pgha.conf here and run `pgha primary` (a reload).",
+                config.replication.synchronous.as_str(),
+                config.replication.synchronous_count
+            );
+        }
         Ok(EXIT_OK)
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::config::Config;
+use crate::config::{Config, Synchronous};
 use crate::error::EXIT_OK;
 use crate::members::find_primary;
 use crate::node::{require_member_address, Node};
@@ -45,6 +45,10 @@ impl VerifyArgs {
         }
         let version = PgVersion::from_version_num(version_num.parse().context("bad server_version_num")?);
         let standbys: Vec<IpAddr> = config.node_addresses().into_iter().filter(|address| *address != primary).collect();
+
+        if config.replication.synchronous != Synchronous::Off {
+            refuse_unconfirmable_commit(&config, &target, version, &standbys)?;
+        }
 
         let note = format!("pgha verify {}", humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
         let started = Instant::now();
@@ -101,6 +105,37 @@ impl VerifyArgs {
             .collect();
         bail!("timed out after {} s waiting for {target_lsn}: {}", self.timeout, lagging.join("; "));
     }
+}
+
+/// verify's commit is an ordinary one: with replication.synchronous on and fewer standbys
+/// confirming than synchronous_count, it would wait past --timeout until enough came back. Say
+/// so instead of writing.
+fn refuse_unconfirmable_commit(
+    config: &Config,
+    target: &Target,
+    version: PgVersion,
+    standbys: &[IpAddr],
+) -> Result<()> {
+    let snapshot = parse_snapshot(&query(target, &snapshot_sql(version))?)?;
+    let confirming = snapshot.synchronous_confirmers().len();
+    let needed = config.replication.synchronous_count as usize;
+    if confirming >= needed {
+        return Ok(());
+    }
+    let missing: Vec<String> = standbys
+        .iter()
+        .filter(|address| {
+            !snapshot.synchronous_confirmers().iter().any(|sender| {
+                sender.application_name == standby_name(**address) || sender.client_addr == Some(**address)
+            })
+        })
+        .map(|address| format!("{address} ({})", standby_name(*address)))
+        .collect();
+    bail!(
+        "synchronous replication needs {needed} standby(s) to confirm each commit, but {confirming} confirm; not \
+         confirming: {}. A commit on the primary waits until enough do, so verify writes nothing: see `pgha status`",
+        missing.join(", ")
+    )
 }
 
 /// The primary the members name: the local cluster when it is this host, otherwise a connection

@@ -79,6 +79,38 @@ impl SslMode {
     }
 }
 
+/// Whether a commit on the primary waits for standbys to confirm it (`replication.synchronous`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Synchronous {
+    /// pgha writes neither setting, so PostgreSQL's default (no synchronous standby) or the
+    /// admin's own setting applies.
+    Off,
+    /// A commit returns once `synchronous_count` standbys have flushed it to disk.
+    On,
+    /// A commit returns once `synchronous_count` standbys have replayed it, so a read there sees
+    /// it (9.6 and later).
+    RemoteApply,
+}
+
+impl Synchronous {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Off => "off",
+            Synchronous::On => "on",
+            Synchronous::RemoteApply => "remote_apply",
+        }
+    }
+
+    /// The synchronous_commit pgha writes, None when it writes none.
+    pub fn synchronous_commit(self) -> Option<&'static str> {
+        match self {
+            Synchronous::Off => None,
+            Synchronous::On => Some("on"),
+            Synchronous::RemoteApply => Some("remote_apply"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Replication {
     pub user: String,
@@ -90,6 +122,9 @@ pub struct Replication {
     /// The CA that signed the primary's certificate; None leaves libpq's default
     /// (~postgres/.postgresql/root.crt, used only when it exists).
     pub sslrootcert: Option<PathBuf>,
+    pub synchronous: Synchronous,
+    /// How many standbys must confirm each commit while `synchronous` is not off.
+    pub synchronous_count: u32,
 }
 
 impl Replication {
@@ -231,6 +266,25 @@ impl Config {
         let raw_replication = raw.replication.unwrap_or_default();
         let user = raw_replication.user.unwrap_or_else(|| DEFAULTS.user.to_string());
         validate_role_name(&user).map_err(|message| bad("replication.user", message))?;
+        let synchronous = match raw_replication.synchronous.as_deref().unwrap_or(DEFAULTS.synchronous) {
+            "off" => Synchronous::Off,
+            "on" => Synchronous::On,
+            "remote_apply" => Synchronous::RemoteApply,
+            other => {
+                return Err(bad(
+                    "replication.synchronous",
+                    format!("{other:?}: expected \"off\", \"on\" or \"remote_apply\""),
+                ));
+            }
+        };
+        // More than there are standbys could never be met: every commit would wait forever.
+        let standbys = standby.addresses.len() as i64;
+        let synchronous_count =
+            in_range(raw_replication.synchronous_count.unwrap_or(DEFAULTS.synchronous_count), 1, standbys).map_err(
+                |message| {
+                    bad("replication.synchronous_count", format!("{message} (the standbys in standby.addresses)"))
+                },
+            )?;
         let replication = Replication {
             user,
             password_file: absolute(raw_replication.password_file.unwrap_or_else(|| DEFAULT_PASSWORD_FILE.into()))
@@ -246,6 +300,8 @@ impl Config {
                 None => None,
                 Some(file) => Some(check_sslrootcert(file).map_err(|message| bad("replication.sslrootcert", message))?),
             },
+            synchronous,
+            synchronous_count,
         };
         if replication.sslmode == SslMode::Disable && replication.sslrootcert.is_some() {
             return Err(bad(
@@ -285,7 +341,43 @@ impl Config {
         }
         let fence = Fence { no_answer, wait };
 
-        Ok(Config { path: path.to_path_buf(), cluster, primary, standby, replication, archive, fence })
+        let config = Config { path: path.to_path_buf(), cluster, primary, standby, replication, archive, fence };
+        if let Some(version) = config.cluster.version {
+            config.check_synchronous_for(version)?;
+        }
+        Ok(config)
+    }
+
+    /// Whether a server of `version` can do what `replication.synchronous` asks. Checked when the
+    /// file is read if `cluster.version` is set, and again whenever the files are rendered (the
+    /// version is known by then). 9.5 has neither remote_apply nor more than one synchronous
+    /// standby; pgha refuses rather than silently promising less than the admin asked for.
+    pub fn check_synchronous_for(&self, version: PgVersion) -> Result<(), ConfigError> {
+        let replication = &self.replication;
+        if replication.synchronous == Synchronous::Off || version >= PgVersion::new(9, 6) {
+            return Ok(());
+        }
+        if replication.synchronous == Synchronous::RemoteApply {
+            return Err(ConfigError::key(
+                &self.path,
+                "replication.synchronous",
+                format!(
+                    "\"remote_apply\" needs PostgreSQL 9.6 or later, and the cluster runs {version}: expected \"on\" \
+                     (a commit waits until the standby flushed it) or \"off\""
+                ),
+            ));
+        }
+        if replication.synchronous_count > 1 {
+            return Err(ConfigError::key(
+                &self.path,
+                "replication.synchronous_count",
+                format!(
+                    "{}: PostgreSQL {version} waits for one synchronous standby only: expected 1",
+                    replication.synchronous_count
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Every node pgha knows of, primary first.
@@ -437,6 +529,49 @@ mod tests {
             let error = parse(&format!("{MINIMAL}[fence]\n{line}\n")).unwrap_err().to_string();
             assert!(error.contains(key), "{line}: {error}");
         }
+    }
+
+    #[test]
+    fn synchronous_is_off_by_default_and_checked() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!((config.replication.synchronous, config.replication.synchronous_count), (Synchronous::Off, 1));
+        let two = "[primary]\naddress = \"192.0.2.10\"\n[standby]\naddresses = [\"192.0.2.11\", \"192.0.2.12\"]\n";
+        let config =
+            parse(&format!("{two}[replication]\nsynchronous = \"remote_apply\"\nsynchronous_count = 2\n")).unwrap();
+        assert_eq!(
+            (config.replication.synchronous, config.replication.synchronous_count),
+            (Synchronous::RemoteApply, 2)
+        );
+        assert_eq!(config.replication.synchronous.synchronous_commit(), Some("remote_apply"));
+        for (text, key, expected) in [
+            (format!("{MINIMAL}[replication]\nsynchronous = \"yes\"\n"), "replication.synchronous", "\"yes\""),
+            (format!("{MINIMAL}[replication]\nsynchronous = true\n"), "", "invalid TOML"),
+            (format!("{MINIMAL}[replication]\nsynchronous_count = 0\n"), "replication.synchronous_count", "1 to 1"),
+            (format!("{two}[replication]\nsynchronous_count = 3\n"), "replication.synchronous_count", "1 to 2"),
+        ] {
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(error.contains(key) && error.contains(expected), "{text}: {error}");
+            assert!(error.contains("/etc/pgha/pgha.conf"), "{error}");
+        }
+    }
+
+    #[test]
+    fn synchronous_asks_only_what_the_version_has() {
+        let two = "[primary]\naddress = \"192.0.2.10\"\n[standby]\naddresses = [\"192.0.2.11\", \"192.0.2.12\"]\n";
+        let with =
+            |version: &str, line: &str| parse(&format!("[cluster]\nversion = {version}\n{two}[replication]\n{line}\n"));
+        let error = with("9.5", "synchronous = \"remote_apply\"").unwrap_err().to_string();
+        assert!(error.contains("replication.synchronous") && error.contains("9.6 or later"), "{error}");
+        let error = with("9.5", "synchronous = \"on\"\nsynchronous_count = 2").unwrap_err().to_string();
+        assert!(error.contains("replication.synchronous_count") && error.contains("expected 1"), "{error}");
+        assert!(with("9.5", "synchronous = \"on\"").is_ok());
+        assert!(with("9.6", "synchronous = \"remote_apply\"\nsynchronous_count = 2").is_ok());
+        // Off asks nothing of the server, whatever the count says.
+        assert!(with("9.5", "synchronous_count = 2").is_ok());
+        // Without [cluster] version the check waits for the render, where the version is known.
+        let config = parse(&format!("{two}[replication]\nsynchronous = \"remote_apply\"\n")).unwrap();
+        assert!(config.check_synchronous_for(PgVersion::new(9, 5)).is_err());
+        assert!(config.check_synchronous_for(PgVersion::new(9, 6)).is_ok());
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Defaults {
     pub slots: bool,
     pub connection_limit: i64,
     pub sslmode: &'static str,
+    pub synchronous: &'static str,
+    pub synchronous_count: i64,
     pub archive_enabled: bool,
     pub archive_directory: &'static str,
     pub keep: &'static str,
@@ -44,6 +46,8 @@ pub const DEFAULTS: Defaults = Defaults {
     slots: true,
     connection_limit: 5,
     sslmode: "auto",
+    synchronous: "off",
+    synchronous_count: 1,
     archive_enabled: true,
     archive_directory: DEFAULT_ARCHIVE_DIR,
     keep: "7d",
@@ -96,6 +100,8 @@ pub struct RawReplication {
     pub connection_limit: Option<i64>,
     pub sslmode: Option<String>,
     pub sslrootcert: Option<PathBuf>,
+    pub synchronous: Option<String>,
+    pub synchronous_count: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

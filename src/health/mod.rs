@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::Config;
+use crate::config::{Config, Synchronous};
 use crate::debian::Cluster;
 use crate::render::standby_name;
 mod report;
@@ -139,6 +139,7 @@ pub fn describe(report: &mut Report, config: &Config, cluster: &Cluster, snapsho
         describe_standby(report, snapshot, limits);
     } else {
         describe_primary(report, config, snapshot, limits);
+        describe_synchronous(report, config, snapshot);
     }
 }
 
@@ -195,6 +196,42 @@ fn describe_primary(report: &mut Report, config: &Config, snapshot: &Snapshot, l
             });
         }
     }
+}
+
+/// With replication.synchronous on, a commit waits until `synchronous_count` standbys confirm it:
+/// with fewer of them confirming, every write on this primary hangs, which is CRITICAL even when
+/// no client has noticed yet. The message says how to accept writes again.
+fn describe_synchronous(report: &mut Report, config: &Config, snapshot: &Snapshot) {
+    let replication = &config.replication;
+    if replication.synchronous == Synchronous::Off {
+        return;
+    }
+    let needed = replication.synchronous_count as usize;
+    let confirming = snapshot.synchronous_confirmers().len();
+    if confirming >= needed {
+        return;
+    }
+    // Standbys that stream but are all `async`: the server does not run pgha's list (conf.d was
+    // not reloaded since synchronous was turned on, or another file overrides it).
+    let not_in_effect =
+        !snapshot.senders.is_empty() && snapshot.senders.iter().all(|sender| sender.sync_state == "async");
+    let why = if not_in_effect {
+        "the connected standbys are all async, so commits do not wait for any of them: this server does not \
+         run pgha's synchronous_standby_names; run `pgha primary`"
+            .to_string()
+    } else {
+        "every commit waits until enough standbys stream again; to accept writes without them, set \
+         replication.synchronous = \"off\" in pgha.conf and run `pgha primary` here (a reload, no restart)"
+            .to_string()
+    };
+    report.problem(
+        Health::Critical,
+        format!(
+            "synchronous replication (replication.synchronous = {:?}) needs {needed} standby(s) to confirm each \
+             commit, but {confirming} confirm (sync_state sync or quorum): {why}",
+            replication.synchronous.as_str()
+        ),
+    );
 }
 
 fn describe_standby(report: &mut Report, snapshot: &Snapshot, limits: &Limits) {
@@ -303,6 +340,49 @@ mod tests {
         assert!(report.problems.iter().any(|p| p.message.contains("old primary")
             && p.message.contains("10.231.245.2")
             && p.message.contains("pgha rejoin")));
+    }
+
+    #[test]
+    fn synchronous_replication_is_critical_with_too_few_confirming_standbys() {
+        let conf = "[primary]\naddress = \"10.231.245.1\"\n[standby]\naddresses = [\"10.231.245.2\"]\n\
+                    [replication]\nsynchronous = \"on\"\n";
+        let quorum = PRIMARY.replace("\u{1f}async\u{1f}", "\u{1f}quorum\u{1f}");
+        let report = report_for(&quorum, "10.231.245.1", conf);
+        assert_eq!(report.status, Health::Ok, "{:?}", report.problems);
+        let sync = PRIMARY.replace("\u{1f}async\u{1f}", "\u{1f}sync\u{1f}");
+        assert_eq!(report_for(&sync, "10.231.245.1", conf).status, Health::Ok);
+
+        // The standby is gone: every commit waits, and the message says how to unblock.
+        let alone: String = PRIMARY
+            .split('\u{1e}')
+            .filter(|row| !row.trim_start().starts_with("sender"))
+            .collect::<Vec<_>>()
+            .join("\u{1e}");
+        let report = report_for(&alone, "10.231.245.1", conf);
+        assert_eq!(report.status, Health::Critical);
+        let message = report.problems.iter().map(|p| p.message.as_str()).find(|m| m.contains("synchronous")).unwrap();
+        for words in ["needs 1 standby(s)", "but 0 confirm", "synchronous = \"off\"", "`pgha primary`"] {
+            assert!(message.contains(words), "{words}: {message}");
+        }
+
+        // Connected but async: the server does not run the list pgha wrote.
+        let report = report_for(PRIMARY, "10.231.245.1", conf);
+        assert_eq!(report.status, Health::Critical);
+        assert!(report.problems.iter().any(|p| p.message.contains("all async")), "{:?}", report.problems);
+
+        // Two needed, one confirming.
+        let two =
+            "[primary]\naddress = \"10.231.245.1\"\n[standby]\naddresses = [\"10.231.245.2\", \"10.231.245.3\"]\n\
+                   [replication]\nsynchronous = \"remote_apply\"\nsynchronous_count = 2\n";
+        let report = report_for(&quorum, "10.231.245.1", two);
+        assert!(report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("needs 2 standby(s)") && p.message.contains("but 1 confirm")));
+
+        // A standby ignores the setting until it is promoted: no such rule there.
+        let standby = report_for(STANDBY, "10.231.245.2", conf);
+        assert_eq!(standby.status, Health::Ok, "{:?}", standby.problems);
     }
 
     #[test]

@@ -176,6 +176,14 @@ pub struct Snapshot {
     pub receiver: Option<Receiver>,
 }
 
+impl Snapshot {
+    /// Walsenders whose standby confirms commits now: `sync` under a priority list (9.5, 9.6),
+    /// `quorum` under `ANY n` (10 and later). A `potential` one would only step in for another.
+    pub fn synchronous_confirmers(&self) -> Vec<&WalSender> {
+        self.senders.iter().filter(|sender| matches!(sender.sync_state.as_str(), "sync" | "quorum")).collect()
+    }
+}
+
 fn optional<T: FromStr>(text: &str) -> Result<Option<T>>
 where
     T::Err: fmt::Display,

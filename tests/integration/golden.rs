@@ -75,6 +75,16 @@ fn version_differences_are_rendered() {
     // The wal receiver binds its login to TLS only where the server's own libpq can (13+).
     assert!(!v12.contains("channel_binding") && !read("standby", "11", "recovery.conf").contains("channel_binding"));
     assert!(read("standby", "13", "conf.d/pgha.conf").contains("sslmode=require channel_binding=require"));
+    // synchronous = "on" in the golden config: a plain list on 9.5 (one synchronous standby), a
+    // priority list with its count on 9.6, a quorum from 10; the same in both roles.
+    let members = r#"("pgha_192_0_2_10", "pgha_192_0_2_11", "pgha_2001_db8__12")"#;
+    for role in ["primary", "standby"] {
+        let v95 = read(role, "9.5", "conf.d/pgha.conf");
+        assert!(v95.contains(&format!("synchronous_standby_names = '{}'", &members[1..members.len() - 1])), "{v95}");
+        assert!(read(role, "9.6", "conf.d/pgha.conf").contains(&format!("synchronous_standby_names = '1 {members}'")));
+        let v10 = read(role, "10", "conf.d/pgha.conf");
+        assert!(v10.contains(&format!("synchronous_standby_names = 'ANY 1 {members}'\nsynchronous_commit = on\n")));
+    }
     for version in VERSIONS {
         let conf = read("primary", version, "conf.d/pgha.conf");
         assert!(conf.starts_with("# Managed by pgha") && conf.contains("wal_log_hints = on"), "{version}");

@@ -15,6 +15,7 @@ mod promote_guard;
 mod secrets;
 mod standby;
 mod switchover;
+mod synchronous;
 mod tls;
 mod trust;
 mod versions;

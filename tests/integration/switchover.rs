@@ -13,7 +13,7 @@ const PASSWORD: &str = "sw-s3cret-'q'-\\x";
 const WAIT: Duration = Duration::from_secs(60);
 const PGBENCH: &str = "/usr/lib/postgresql/15/bin/pgbench";
 
-fn pgbench(cluster: &TestCluster, args: &[&str]) -> Command {
+pub(crate) fn pgbench(cluster: &TestCluster, args: &[&str]) -> Command {
     let mut command = Command::new("runuser");
     command.args(["-u", "postgres", "--", PGBENCH]).args(args);
     command.arg("-h").arg(&cluster.socket_dir).args(["-p", &cluster.port.to_string(), "postgres"]);
@@ -21,7 +21,7 @@ fn pgbench(cluster: &TestCluster, args: &[&str]) -> Command {
 }
 
 /// pgbench for `seconds` against `cluster`, logging each transaction it saw commit into `dir`.
-fn start_load(cluster: &TestCluster, dir: &Path, seconds: u32) -> Child {
+pub(crate) fn start_load(cluster: &TestCluster, dir: &Path, seconds: u32) -> Child {
     let prefix = dir.join("tx");
     pgbench(
         cluster,
@@ -34,7 +34,7 @@ fn start_load(cluster: &TestCluster, dir: &Path, seconds: u32) -> Child {
 }
 
 /// Transactions pgbench logged as committed (one line each in its per-transaction log).
-fn committed(dir: &Path) -> usize {
+pub(crate) fn committed(dir: &Path) -> usize {
     fs::read_dir(dir)
         .unwrap()
         .flatten()
@@ -43,7 +43,7 @@ fn committed(dir: &Path) -> usize {
         .sum()
 }
 
-fn log_dir() -> tempfile::TempDir {
+pub(crate) fn log_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     run_ok(Command::new("chown").arg("postgres").arg(dir.path()));
     dir
@@ -51,7 +51,7 @@ fn log_dir() -> tempfile::TempDir {
 
 /// TPC-B's invariant: every committed transaction added its delta to one account, teller and
 /// branch and one history row, so the four sums agree. Returns the history count.
-fn check_balances(cluster: &TestCluster, at_least: usize, when: &str) -> usize {
+pub(crate) fn check_balances(cluster: &TestCluster, at_least: usize, when: &str) -> usize {
     let row = cluster.psql(
         "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT coalesce(sum(delta), 0) FROM pgbench_history), \
          (SELECT sum(tbalance) FROM pgbench_tellers), (SELECT sum(bbalance) FROM pgbench_branches), \
