@@ -67,8 +67,8 @@ pub fn select_cluster(
     };
     let matching: Vec<&Cluster> = clusters
         .iter()
-        .filter(|cluster| choice.version.map_or(true, |version| version == cluster.version))
-        .filter(|cluster| choice.name.as_deref().map_or(true, |name| name == cluster.name))
+        .filter(|cluster| choice.version.is_none_or(|version| version == cluster.version))
+        .filter(|cluster| choice.name.as_deref().is_none_or(|name| name == cluster.name))
         .collect();
     match matching.as_slice() {
         [one] => Ok((*one).clone()),

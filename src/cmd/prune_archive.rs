@@ -181,6 +181,7 @@ mod tests {
     use std::fs::File;
     use std::os::unix::fs::{symlink, MetadataExt};
 
+    use nix::fcntl::AT_FDCWD;
     use nix::sys::stat::{utimensat, Mode, UtimensatFlags};
     use nix::sys::time::TimeSpec;
 
@@ -204,7 +205,7 @@ mod tests {
         let then = SystemTime::now() - age;
         let seconds = then.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
         let time = TimeSpec::new(seconds, 0);
-        utimensat(None, path, &time, &time, UtimensatFlags::NoFollowSymlink).unwrap();
+        utimensat(AT_FDCWD, path, &time, &time, UtimensatFlags::NoFollowSymlink).unwrap();
     }
 
     fn names(dir: &Path) -> Vec<String> {

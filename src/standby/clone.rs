@@ -220,7 +220,7 @@ fn run_basebackup(
         |progress| {
             let status = progress.status_line();
             notify_status(&status);
-            let due = last_logged.map_or(true, |(percent, at)| {
+            let due = last_logged.is_none_or(|(percent, at)| {
                 progress.percent >= percent + 10
                     || at.elapsed() >= Duration::from_secs(10)
                     || progress.percent == 100 && percent != 100

@@ -113,10 +113,7 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
     transaction.commit();
     invoke_pg_ctlcluster(cluster, ClusterAction::Start)
         .and_then(|()| wait_until_ready(&Target::local(cluster), Duration::from_secs(120)))
-        .map_err(|error| {
-            eprintln!("{}", log_tail(cluster, 20));
-            error
-        })?;
+        .inspect_err(|_| eprintln!("{}", log_tail(cluster, 20)))?;
     invoke_pg_ctlcluster(cluster, ClusterAction::Stop)?;
     Ok(())
 }
@@ -214,10 +211,7 @@ pub fn rewind(
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.primary);
     let started_as = invoke_pg_ctlcluster(cluster, ClusterAction::Start)
         .and_then(|()| confirm_standby(context, timeout))
-        .map_err(|error| {
-            eprintln!("{}", log_tail(cluster, 20));
-            error
-        })?;
+        .inspect_err(|_| eprintln!("{}", log_tail(cluster, 20)))?;
     drop_stale_slots(context)?;
     Ok(Rewound { fork_note, streaming: started_as == StandbyStarted::Streaming })
 }

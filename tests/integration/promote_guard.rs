@@ -3,7 +3,7 @@
 //! standby behind another is not the one to promote. Each refusal changes nothing, and --force
 //! says what it overrode.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
