@@ -351,8 +351,14 @@ mod tests {
         child.wait().unwrap();
         let busy = busy_of(result.unwrap_err());
         assert_eq!(busy.holder, Some((std::process::id(), "pgha standby".to_string())));
-        // A child started without hold_in_child (such as a postmaster) never holds it.
-        ClusterLock::acquire(&dir, "15/main", "pgha primary", false).unwrap();
+        // A child started without hold_in_child (such as a postmaster) never holds it. Another test
+        // thread may fork meanwhile, and its child holds every descriptor until it execs: a short
+        // retry, far shorter than `unrelated` lives.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Err(error) = ClusterLock::acquire(&dir, "15/main", "pgha primary", false) {
+            assert!(std::time::Instant::now() < deadline, "{error:#}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         unrelated.kill().unwrap();
         unrelated.wait().unwrap();
     }
