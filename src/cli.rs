@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 use crate::config::DEFAULT_CONFIG_PATH;
@@ -40,8 +41,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print every file pgha would write, with its target path; touches nothing
+    ///
+    /// Changes nothing on the host; with --root DIR it writes the files under DIR only.
     Render(crate::cmd::render::RenderArgs),
     /// Make this host's cluster the replication primary
+    ///
+    /// Changes: the replication role (created or its password verifier updated, never SUPERUSER),
+    /// the archive directory, conf.d/pgha.conf, pgha's block in pg_hba.conf; then a reload, or a
+    /// restart when a changed setting needs one. Every file is put back when the server refuses it.
+    /// A second run with the same input changes nothing.
     Primary(crate::cmd::primary::PrimaryArgs),
     /// Make this host's cluster a streaming hot standby of [primary]; an existing standby is kept, not re-cloned
     ///
@@ -55,16 +63,34 @@ pub enum Command {
     /// standby (a fresh initdb) is cloned unasked.
     Standby(crate::cmd::standby::StandbyArgs),
     /// Delete archived WAL older than archive.keep
+    ///
+    /// Changes: removes, as postgres, WAL segments in archive.directory older than archive.keep;
+    /// timeline history files and anything not named like WAL stay.
     PruneArchive(crate::cmd::prune_archive::PruneArchiveArgs),
     /// Show this host's role and replication health (monitoring-plugin exit codes)
+    ///
+    /// Changes nothing and takes no lock. Asks the local cluster and every member.
     #[command(after_help = "Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also for a config error: to a \
-                            monitoring system 2 would mean CRITICAL). JSON schema: docs/status-schema.json.")]
+                            monitoring system 2 would mean CRITICAL; usage errors too). The first line follows the Monitoring Plugins \
+                            guidelines: `PGHA OK - summary | perfdata`, the reason on it for anything but OK. \
+                            JSON schema: /usr/share/doc/pgha/status-schema.json.")]
     Status(crate::cmd::status::StatusArgs),
     /// Prove that a change on the primary reaches every standby, and time it
+    ///
+    /// Changes: writes one WAL record on the primary (a logical message, 9.5: an empty
+    /// transaction); no table is touched.
     Verify(crate::cmd::verify::VerifyArgs),
     /// Turn this standby into the primary (refuses while the primary still accepts writes)
+    ///
+    /// Changes: promotes the local cluster, writes a checkpoint and creates the other members'
+    /// replication slots on it. pgha.conf is not edited anywhere. Then run `pgha rejoin` on the old
+    /// primary.
     Promote(crate::cmd::promote::PromoteArgs),
     /// Turn a former primary into a standby of the current primary (pg_rewind, or a full clone)
+    ///
+    /// Changes: stops the local cluster, copies its data directory aside (unless --no-keep-copy),
+    /// keeps the diverged WAL in <datadir>.pgha-fork-<time>, rewinds it (or clones the primary),
+    /// writes the standby's files, removes the fence and starts it.
     Rejoin(crate::cmd::rejoin::RejoinArgs),
     /// Start a returning old primary fenced (run by postgresql@.service before every start)
     #[command(long_about = "Run by postgresql@.service (ExecStartPre) before a cluster starts. For the cluster \
@@ -77,12 +103,76 @@ pub enum Command {
                             starts the cluster as before, or fenced with fence.no_answer = \"read-only\".")]
     Fence(crate::cmd::fence::FenceArgs),
     /// Hand the primary role to a caught-up standby (run on the primary; PostgreSQL 12+), losing no commit
+    ///
+    /// Changes: stops this cluster, promotes the standby over SQL with a one-time password, and
+    /// restarts this cluster as its standby. pgha.conf is not edited anywhere.
     Switchover(crate::cmd::switchover::SwitchoverArgs),
     /// Remove the old data directories and forks pgha kept, once older than --older-than
+    ///
+    /// Changes: deletes <datadir>.pgha-old-<time> and <datadir>.pgha-fork-<time> directories
+    /// made before --older-than; nothing else.
     Cleanup(crate::cmd::cleanup::CleanupArgs),
     /// Write /etc/pgha/pgha.conf and the password file (used by the package's postinst)
+    ///
+    /// Changes: pgha.conf and the password file (mode 0600), from the answers given; nothing else.
     WriteConfig(crate::cmd::write_config::WriteConfigArgs),
     /// Write man pages and shell completions (used by the package build)
     #[command(hide = true)]
     GenerateDocs(crate::cmd::generate_docs::GenerateDocsArgs),
+}
+
+/// The subcommand an argument list asks for, read without clap: the first word that is neither
+/// a global option nor its value.
+fn invoked_subcommand(args: &[String]) -> Option<&str> {
+    let mut words = args.iter().skip(1);
+    while let Some(word) = words.next() {
+        if word == "--config" {
+            words.next();
+        } else if !word.starts_with('-') {
+            return Some(word);
+        }
+    }
+    None
+}
+
+/// The arguments, parsed. A usage error of `pgha status` exits 3 (UNKNOWN) with a
+/// `PGHA UNKNOWN - ...` first line on stdout, as its config errors do: a monitoring system reads
+/// 2 as CRITICAL, and a mistyped check says nothing about the database.
+pub fn parse() -> Cli {
+    let args: Vec<String> = std::env::args().collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(error)
+            if invoked_subcommand(&args) == Some("status")
+                && !matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) =>
+        {
+            let text = error.render().to_string();
+            let reason = text.lines().next().unwrap_or("usage error").trim_start_matches("error: ");
+            let mut report = crate::health::Report::empty();
+            report.problem(crate::replication::Health::Unknown, format!("usage error: {reason}"));
+            let report = report.finish();
+            if args.iter().any(|arg| arg == "--json") {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{}", crate::health::format_plugin(&report, &crate::health::Limits::new(&[], &[])));
+            }
+            eprint!("{text}");
+            std::process::exit(report.exit_code);
+        }
+        Err(error) => error.exit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subcommand_is_found_past_global_options() {
+        let args = |text: &str| text.split(' ').map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(invoked_subcommand(&args("pgha --config status -v status --warn-lag x")), Some("status"));
+        assert_eq!(invoked_subcommand(&args("pgha -vv status")), Some("status"));
+        assert_eq!(invoked_subcommand(&args("pgha --config=/x primary")), Some("primary"));
+        assert_eq!(invoked_subcommand(&args("pgha --verbose")), None);
+    }
 }

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 
 use crate::cli::{Cli, Command};
 
@@ -37,7 +37,7 @@ mod upstream;
 mod version;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     logging::init(cli.verbose);
     if let Err(error) = signals::install() {
         log::error!("cannot install signal handlers: {error:#}");

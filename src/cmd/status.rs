@@ -14,8 +14,8 @@ use std::net::IpAddr;
 
 use crate::config::Config;
 use crate::debian::Cluster;
-use crate::files::datadir::{dir_size, filesystem_bytes, kept_beside, Kept};
-use crate::health::{describe, describe_kept, fenced, format_table, ClusterReport, Limits, Report};
+use crate::files::datadir::{dir_size, filesystem_bytes, free_bytes, kept_beside, Kept};
+use crate::health::{describe, describe_kept, fenced, format_plugin, ClusterReport, FilesystemReport, Limits, Report};
 use crate::members::find_primary;
 use crate::node::{find_local_address, Node};
 use crate::replication::{parse_snapshot, snapshot_sql, Health, LagLimit};
@@ -67,7 +67,7 @@ impl StatusArgs {
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
-            print!("{}", format_table(&report));
+            print!("{}", format_plugin(&report, &limits));
         }
         Ok(report.exit_code)
     }
@@ -114,6 +114,7 @@ fn gather(config_path: &Path, limits: &Limits, warn_kept: u8) -> Result<Report> 
         Ok((kept, filesystem)) => describe_kept(&mut report, &kept, SystemTime::now(), filesystem, warn_kept),
         Err(error) => report.problem(Health::Warning, format!("cannot list what pgha kept: {error:#}")),
     }
+    report.data_filesystem = data_filesystem(&cluster);
     if let Some(fence) = crate::fence::read(&cluster)? {
         // A fenced server refuses every connection: the fence's own file is what tells.
         fenced(&mut report, &fence);
@@ -143,4 +144,14 @@ fn kept_with_sizes(cluster: &Cluster) -> Result<(Vec<(Kept, u64)>, u64)> {
             .collect(),
         filesystem,
     ))
+}
+
+/// Free space and size of the data directory's filesystem; None when it cannot be read, which
+/// the cluster's own state already reports.
+fn data_filesystem(cluster: &Cluster) -> Option<FilesystemReport> {
+    Some(FilesystemReport {
+        path: cluster.data_dir.display().to_string(),
+        free_bytes: free_bytes(&cluster.data_dir).ok()?,
+        size_bytes: filesystem_bytes(&cluster.data_dir).ok()?,
+    })
 }

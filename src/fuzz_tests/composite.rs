@@ -57,7 +57,9 @@ proptest! {
         );
         describe(&mut report, &config, &test_cluster(), &snapshot, &limits);
         let report = report.finish();
-        let _ = format_table(&report);
+        let text = format_plugin(&report, &limits);
+        let first = text.lines().next().unwrap_or_default();
+        prop_assert!(crate::health::plugin_grammar().is_match(first), "{}", first);
         prop_assert!(serde_json::to_string(&report).is_ok());
     }
 

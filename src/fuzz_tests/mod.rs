@@ -18,7 +18,7 @@ use crate::cmd::prune_archive::is_prunable_name;
 use crate::config::{validate_role_name, Config, Password};
 use crate::debian::Cluster;
 use crate::hba::{merge_block, remove_block, BEGIN, END};
-use crate::health::{describe, format_table, Limits, Report};
+use crate::health::{describe, format_plugin, Limits, Report};
 use crate::password::scram_matches;
 use crate::replication::{parse_snapshot, parse_verify_output, LagLimit, Lsn};
 use crate::size::{format_bytes, parse_bytes, ANY_UNIT};

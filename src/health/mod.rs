@@ -6,10 +6,14 @@ use std::net::IpAddr;
 use crate::config::{Config, Synchronous};
 use crate::debian::Cluster;
 use crate::render::standby_name;
+mod plugin;
 mod report;
 
 use crate::replication::{format_bytes, sender_lag, standby_lag, Health, Lag, LagLimit, Snapshot};
-pub use report::{format_table, ClusterReport, KeptReport, ReceiverReport, Report, SlotReport, StandbyReport};
+pub use plugin::format_plugin;
+#[cfg(test)]
+pub use plugin::plugin_grammar;
+pub use report::{ClusterReport, FilesystemReport, KeptReport, ReceiverReport, Report, SlotReport, StandbyReport};
 
 /// Limits in force: the defaults unless the admin gave some of that level.
 pub struct Limits {
@@ -320,7 +324,9 @@ mod tests {
         let standby = report_for(STANDBY, "10.231.245.2", conf);
         assert_eq!(standby.status, Health::Ok, "{:?}", standby.problems);
         assert_eq!(standby.receiver.as_ref().unwrap().status, "streaming");
-        assert!(format_table(&standby).starts_with("OK: standby"));
+        let limits = Limits::new(&[], &[]);
+        let text = format_plugin(&standby, &limits);
+        assert!(text.starts_with("PGHA OK - standby ? on 10.231.245.2"), "{text}");
     }
 
     #[test]
@@ -414,7 +420,7 @@ mod tests {
         assert_eq!(report.status, Health::Ok, "200 MB of 1 GB is under 20%: {:?}", report.problems);
         assert_eq!(report.kept.len(), 2);
         assert_eq!((report.kept[0].kind, report.kept[0].age_seconds), ("old", 3 * 86400));
-        let table = format_table(&report);
+        let table = report::format_details(&report);
         assert!(table.contains("KEPT") && table.contains("3days") && table.contains("150.0 MB"), "{table}");
 
         let mut report = Report::empty();

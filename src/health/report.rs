@@ -72,6 +72,15 @@ pub struct ReceiverReport {
     pub lag: Lag,
 }
 
+/// The filesystem of the data directory: a full one stops the server.
+#[derive(Debug, Serialize)]
+pub struct FilesystemReport {
+    pub path: String,
+    /// Bytes available to unprivileged users (statvfs f_bavail).
+    pub free_bytes: u64,
+    pub size_bytes: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub schema_version: u32,
@@ -91,6 +100,8 @@ pub struct Report {
     pub slots: Vec<SlotReport>,
     pub receiver: Option<ReceiverReport>,
     pub kept: Vec<KeptReport>,
+    /// Null when it cannot be read (no data directory).
+    pub data_filesystem: Option<FilesystemReport>,
 }
 
 impl Report {
@@ -110,6 +121,7 @@ impl Report {
             slots: Vec::new(),
             receiver: None,
             kept: Vec::new(),
+            data_filesystem: None,
         }
     }
 
@@ -136,18 +148,10 @@ fn lag_cell(lag: Lag) -> String {
     )
 }
 
-/// The compact human form: a header line, then one table per kind of thing.
-pub fn format_table(report: &Report) -> String {
-    let mut out = format!(
-        "{}: {} {} on {} ({}), {}{}\n",
-        report.status.as_str(),
-        report.role.unwrap_or("?"),
-        report.cluster.id.as_deref().unwrap_or("?"),
-        report.host_address.as_deref().unwrap_or("?"),
-        report.cluster.state,
-        report.wal_lsn.map_or("no WAL position".to_string(), |lsn| format!("WAL at {lsn}")),
-        report.configured_role.map_or(String::new(), |role| format!(", configured as {role}"))
-    );
+/// The tables, one per kind of thing, then every problem: the long text under the first line
+/// (`plugin::format_plugin`).
+pub fn format_details(report: &Report) -> String {
+    let mut out = String::new();
     let mut table = |header: &[&str], rows: Vec<Vec<String>>| {
         if rows.is_empty() {
             return;

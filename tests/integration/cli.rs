@@ -27,6 +27,66 @@ fn usage_errors_exit_2() {
     assert_eq!(pgha_output(pgha(None).args(["render", "--pg-version", "8.4"])).code, 2);
 }
 
+/// `status` is a monitoring plugin: its usage errors are UNKNOWN (3) with the reason on the
+/// first line, in text and JSON alike, while `--help` still exits 0.
+#[test]
+fn status_usage_errors_are_unknown() {
+    for args in [&["status", "--warn-lag", "bogus"][..], &["-v", "status", "--no-such-flag"], &["status", "extra"]] {
+        let out = pgha_output(pgha(None).args(args));
+        assert_eq!(out.code, 3, "{args:?}: {}\n{}", out.stdout, out.stderr);
+        let first = out.stdout.lines().next().unwrap_or_default();
+        assert!(first.starts_with("PGHA UNKNOWN - usage error: "), "{args:?}: {first}");
+        assert!(!first.contains('|'), "{first}");
+    }
+    let out = pgha_output(pgha(None).args(["status", "--json", "--crit-lag", "lots"]));
+    assert_eq!(out.code, 3);
+    let json = crate::day2::status_json(&out);
+    assert!(json["problems"][0]["message"].as_str().unwrap().contains("lots"), "{json}");
+    assert_eq!(pgha_output(pgha(None).args(["status", "--help"])).code, 0);
+    assert_eq!(pgha_output(pgha(None).args(["primary", "--no-such-flag"])).code, 2, "other commands keep 2");
+}
+
+/// The man pages the package ships: what is typed in the synopsis, exit codes in their own
+/// section, no page for the help subcommand, and nothing man(1) warns about at 80 columns.
+#[test]
+fn man_pages_are_well_formed() {
+    if !std::path::Path::new("/usr/bin/man").exists() {
+        eprintln!("SKIPPED: needs man-db");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = pgha_output(pgha(None).arg("generate-docs").arg(dir.path()));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut pages: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "8" || ext == "5"))
+        .collect();
+    pages.sort();
+    assert!(pages.len() > 10, "{pages:?}");
+    for page in &pages {
+        let rendered = std::process::Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(page)
+            .env("MANWIDTH", "80")
+            .env("MAN_KEEP_FORMATTING", "0")
+            .output()
+            .unwrap();
+        let warnings = String::from_utf8_lossy(&rendered.stderr);
+        assert!(rendered.status.success() && warnings.trim().is_empty(), "{}: {warnings}", page.display());
+    }
+    let primary = fs::read_to_string(dir.path().join("pgha-primary.8")).unwrap();
+    assert!(primary.contains("\\fBpgha primary\\fR"), "{primary}");
+    let main = fs::read_to_string(dir.path().join("pgha.8")).unwrap();
+    assert!(!main.contains("pgha\\-help") && !main.contains(".SH EXTRA"), "{main}");
+    for section in [".SH \"EXIT STATUS\"", ".SH FILES", ".SH \"SEE ALSO\"", "pgha\\-fence.conf", "pg_rewind(1)"] {
+        assert!(main.contains(section), "pgha(8) lacks {section}");
+    }
+    let status = fs::read_to_string(dir.path().join("pgha-status.8")).unwrap();
+    assert!(status.contains("UNKNOWN") && status.contains("status\\-schema.json"), "{status}");
+}
+
 /// Each bad config yields exit 2 and a message with the file, the key and the bad value.
 #[test]
 fn config_errors_name_file_key_and_value() {

@@ -97,7 +97,16 @@ fn switchover_keeps_every_row_and_roles_follow() {
     assert_eq!(json["receiver"]["lag"]["bytes"], 0, "an idle standby has no lag: {}", status_b.stdout);
     assert!(!status_b.stdout.contains(PASSWORD));
     let table = p.run_b(&["status"]);
-    assert!(table.stdout.starts_with("OK: standby"), "{}", table.stdout);
+    assert!(table.stdout.starts_with("PGHA OK - standby "), "{}", table.stdout);
+    let first = table.stdout.lines().next().unwrap();
+    for label in ["lag_bytes=0B;16777216;1073741824;0 ", "lag_seconds=0s;;;0 ", "data_free_bytes="] {
+        assert!(first.contains(label), "perfdata lacks {label:?}: {first}");
+    }
+    let on_a = p.run_a(&["status", "--warn-lag", "30s"]);
+    let first = on_a.stdout.lines().next().unwrap();
+    let label = format!("lag_bytes_{}=0B;;1073741824;0 lag_seconds_{}=0s;30;;0 ", p.hosts.b_ip, p.hosts.b_ip);
+    assert!(first.starts_with("PGHA OK - primary ") && first.contains(&label), "{first}");
+    assert!(first.contains(&format!(" slot_retained_bytes_pgha_{}=", p.hosts.b_ip.replace('.', "_"))), "{first}");
     for out in [p.run_a(&["verify"]), p.run_b(&["verify"])] {
         assert_eq!(out.code, 0, "verify failed:\n{}\n{}", out.stdout, out.stderr);
         assert!(out.stdout.contains(&format!("standby {}", p.hosts.b_ip)), "{}", out.stdout);
@@ -243,6 +252,7 @@ fn refusals_and_alarms() {
     let lagging = p.run_a(&["status", "--warn-lag", "0", "--crit-lag", "1TB"]);
     assert_eq!(lagging.code, 1, "{}", lagging.stdout);
     assert!(lagging.stdout.contains("WARNING: standby"), "{}", lagging.stdout);
+    assert!(lagging.stdout.starts_with(&format!("PGHA WARNING - standby {} ", p.hosts.b_ip)), "{}", lagging.stdout);
     b.psql("SELECT pg_wal_replay_resume()");
 
     // The primary is down: B's receiver stops, so status on B is CRITICAL.
@@ -256,4 +266,7 @@ fn refusals_and_alarms() {
     let out = pgha_output(pgha(Some(&p.hosts.b.name)).args(["--config", broken.path_str(), "status", "--json"]));
     assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(status_json(&out)["status"], "UNKNOWN");
+    let out = pgha_output(pgha(Some(&p.hosts.b.name)).args(["--config", broken.path_str(), "status"]));
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.starts_with("PGHA UNKNOWN - ") && out.stdout.lines().next().unwrap().contains("nowhere"));
 }
