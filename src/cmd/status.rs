@@ -110,11 +110,13 @@ fn gather(config_path: &Path, limits: &Limits, warn_kept: u8) -> Result<Report> 
             ),
         );
     }
+    report.data_filesystem = data_filesystem(&cluster);
+    // The kept directories sit beside the data directory, on its filesystem (the swap is a rename).
+    let filesystem = report.data_filesystem.as_ref().map_or(0, |filesystem| filesystem.size_bytes);
     match kept_with_sizes(&cluster) {
-        Ok((kept, filesystem)) => describe_kept(&mut report, &kept, SystemTime::now(), filesystem, warn_kept),
+        Ok(kept) => describe_kept(&mut report, &kept, SystemTime::now(), filesystem, warn_kept),
         Err(error) => report.problem(Health::Warning, format!("cannot list what pgha kept: {error:#}")),
     }
-    report.data_filesystem = data_filesystem(&cluster);
     if let Some(fence) = crate::fence::read(&cluster)? {
         // A fenced server refuses every connection: the fence's own file is what tells.
         fenced(&mut report, &fence);
@@ -130,20 +132,15 @@ fn gather(config_path: &Path, limits: &Limits, warn_kept: u8) -> Result<Report> 
 }
 
 /// The kept directories beside the data directory with their sizes (walked without following
-/// links), and the size of the filesystem they are on.
-fn kept_with_sizes(cluster: &Cluster) -> Result<(Vec<(Kept, u64)>, u64)> {
-    let kept = kept_beside(&cluster.data_dir)?;
-    let parent = cluster.data_dir.parent().unwrap_or(&cluster.data_dir);
-    let filesystem = filesystem_bytes(parent)?;
-    Ok((
-        kept.into_iter()
-            .map(|dir| {
-                let bytes = dir_size(&dir.path);
-                (dir, bytes)
-            })
-            .collect(),
-        filesystem,
-    ))
+/// links).
+fn kept_with_sizes(cluster: &Cluster) -> Result<Vec<(Kept, u64)>> {
+    Ok(kept_beside(&cluster.data_dir)?
+        .into_iter()
+        .map(|dir| {
+            let bytes = dir_size(&dir.path);
+            (dir, bytes)
+        })
+        .collect())
 }
 
 /// Free space and size of the data directory's filesystem; None when it cannot be read, which
