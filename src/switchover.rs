@@ -12,14 +12,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::{Config, Password};
 use crate::debian::{log_tail, Cluster};
-use crate::files::apply::Transaction;
 use crate::members::find_primary;
 use crate::password::verifier_for;
 use crate::primary::{local_commit_sql, quiet_session_sql};
 use crate::quote::{sql_identifier, sql_literal};
 use crate::render::{standby_name, PROMOTE_ROLE};
 use crate::replication::Lsn;
-use crate::standby::clone::{configure_staging, write_config_files};
+use crate::standby::clone::configure_in_place;
 use crate::standby::slots::{drop_stale_slots, ensure_slot};
 use crate::standby::streaming::{confirm_standby, StandbyStarted};
 use crate::standby::StandbyContext;
@@ -377,16 +376,7 @@ fn follow(context: &StandbyContext, final_lsn: &Lsn, timeout: Duration) -> Resul
     let cluster = context.cluster;
     let control = pg_controldata::read(cluster.version, &cluster.data_dir)?;
     log::info!("restarting cluster {} as a standby of {} (it stopped at {final_lsn})", cluster.id(), context.primary);
-    configure_staging(context, &cluster.data_dir)?;
-    let mut transaction = Transaction::new();
-    write_config_files(
-        context,
-        &control.system_identifier,
-        context.config.primary.max_wal_senders,
-        &cluster.data_dir,
-        &mut transaction,
-    )?;
-    transaction.commit();
+    configure_in_place(context, &control.system_identifier, context.config.primary.max_wal_senders)?;
     invoke_pg_ctlcluster(cluster, ClusterAction::Start)?;
     let started = confirm_standby(context, timeout).inspect_err(|_| eprintln!("{}", log_tail(cluster, 20)))?;
     drop_stale_slots(context)?;

@@ -299,6 +299,19 @@ pub fn configure_staging(context: &StandbyContext, staging: &Path) -> Result<()>
     Ok(())
 }
 
+/// Makes the data directory in place a standby's (signal file, postgresql.auto.conf, conf.d
+/// fragment, pg_hba block, passfile) for a cluster that already holds the primary's data: after a
+/// rewind, or an old primary that stopped exactly where the new one took over. The files stay
+/// whatever happens next: the caller either starts the standby or clones, which rewrites them.
+pub fn configure_in_place(context: &StandbyContext, system_identifier: &str, fallback_wal_senders: u32) -> Result<()> {
+    let data_dir = &context.cluster.data_dir;
+    configure_staging(context, data_dir)?;
+    let mut transaction = Transaction::new();
+    write_config_files(context, system_identifier, fallback_wal_senders, data_dir, &mut transaction)?;
+    transaction.commit();
+    Ok(())
+}
+
 /// The signal file (or recovery.conf) a standby needs in `data_dir`, when it is missing or differs.
 pub fn signal_file_change(context: &StandbyContext, data_dir: &Path) -> Result<Option<FileChange>> {
     let postgres = postgres_account()?;

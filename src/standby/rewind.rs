@@ -17,11 +17,10 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::debian::{log_tail, Cluster};
-use crate::files::apply::Transaction;
 use crate::files::datadir::{add_note, copy_aside, create_fork_dir};
 use crate::files::secure::read_text_capped;
 use crate::replication::Lsn;
-use crate::standby::clone::{configure_staging, write_config_files};
+use crate::standby::clone::configure_in_place;
 use crate::standby::preflight::PrimaryFacts;
 use crate::standby::slots::drop_stale_slots;
 use crate::standby::streaming::{confirm_standby, StandbyStarted};
@@ -100,17 +99,7 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
         control.state
     );
     wait_for_dead_postmaster(&cluster.data_dir);
-    configure_staging(context, &cluster.data_dir)?;
-    let mut transaction = Transaction::new();
-    write_config_files(
-        context,
-        &primary.system_identifier,
-        primary.max_wal_senders,
-        &cluster.data_dir,
-        &mut transaction,
-    )?;
-    // A standby's files stay whatever happens next: rejoin either finishes or clones, which rewrites them.
-    transaction.commit();
+    configure_in_place(context, &primary.system_identifier, primary.max_wal_senders)?;
     invoke_pg_ctlcluster(cluster, ClusterAction::Start)
         .and_then(|()| wait_until_ready(&Target::local(cluster), Duration::from_secs(120)))
         .inspect_err(|_| eprintln!("{}", log_tail(cluster, 20)))?;
@@ -197,17 +186,7 @@ pub fn rewind(
     } else {
         log::info!("pg_rewind: no rewind required, this cluster is behind the primary's history");
     }
-    configure_staging(context, &cluster.data_dir)?;
-    let mut transaction = Transaction::new();
-    write_config_files(
-        context,
-        &primary.system_identifier,
-        primary.max_wal_senders,
-        &cluster.data_dir,
-        &mut transaction,
-    )?;
-    // A standby's files stay whatever happens next: rejoin either finishes or clones, which rewrites them.
-    transaction.commit();
+    configure_in_place(context, &primary.system_identifier, primary.max_wal_senders)?;
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.primary);
     let started_as = invoke_pg_ctlcluster(cluster, ClusterAction::Start)
         .and_then(|()| confirm_standby(context, timeout))
