@@ -74,14 +74,20 @@ bench_setup_hosts() {
 }
 
 # Debian's default authentication (peer on the socket, scram over TCP); pgha adds its own hba lines.
-bench_create_clusters() {
-    local cl port
+# Refuses to run over a cluster of the bench's names that another run (or a stale one) left.
+bench_refuse_existing_clusters() {
+    local cl
     for cl in "$CL_A" "$CL_B"; do
         if [ -e /etc/postgresql/$VERSION/"$cl" ] || [ -e /var/lib/postgresql/$VERSION/"$cl" ]; then
             echo "$BENCH_NAME: cluster $VERSION/$cl exists (another run, or a stale one: pg_dropcluster --stop $VERSION $cl)" >&2
             exit 1
         fi
     done
+}
+
+bench_create_clusters() {
+    local cl port
+    bench_refuse_existing_clusters
     for cl in "$CL_A" "$CL_B"; do
         port=$PORT_A; [ "$cl" = "$CL_B" ] && port=$PORT_B
         BENCH_CLUSTERS_MADE+=("$cl")

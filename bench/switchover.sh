@@ -47,12 +47,7 @@ conf_of() { echo "$WORK/$1.conf"; }
 
 echo "== setting up two hosts and a scale-$SCALE pgbench primary"
 bench_setup_hosts
-for cl in "$CL_A" "$CL_B"; do
-    if [ -e /etc/postgresql/$VERSION/"$cl" ] || [ -e /var/lib/postgresql/$VERSION/"$cl" ]; then
-        echo "$BENCH_NAME: cluster $VERSION/$cl exists (another run, or a stale one: pg_dropcluster --stop $VERSION $cl)" >&2
-        exit 1
-    fi
-done
+bench_refuse_existing_clusters
 for cl in "$CL_A" "$CL_B"; do
     install -d -o postgres -g postgres "$(sock "$cl")"
     BENCH_CLUSTERS_MADE+=("$cl")
