@@ -62,11 +62,22 @@ pub enum Command {
     /// `pgha rejoin` or `pgha standby --force-reclone`. Only a cluster of another system that is no
     /// standby (a fresh initdb) is cloned unasked.
     Standby(crate::cmd::standby::StandbyArgs),
-    /// Delete archived WAL older than archive.keep
+    /// Delete archived WAL older than archive.keep, then the oldest beyond archive.max_size
     ///
-    /// Changes: removes, as postgres, WAL segments in archive.directory older than archive.keep;
-    /// timeline history files and anything not named like WAL stay.
+    /// Changes: removes, as postgres, WAL segments in archive.directory older than archive.keep,
+    /// then the oldest ones while the archive holds more than archive.max_size; timeline history
+    /// files and anything not named like WAL stay.
     PruneArchive(crate::cmd::prune_archive::PruneArchiveArgs),
+    /// Copy one finished WAL file into the archive: PostgreSQL's archive_command
+    ///
+    /// `pgha primary` sets archive_command to run this, as postgres, with the [archive] limits on
+    /// its command line. Changes: writes the segment to archive.directory (to a temporary name,
+    /// synced, renamed, the directory synced); an identical copy already there counts as done, a
+    /// different one is an error. Then deletes the oldest archived files beyond --max-size. With
+    /// --min-free, a segment that would leave less free space is dropped instead: an empty
+    /// <segment>.pgha-dropped file takes its place and `pgha status` warns. Exit 0 lets
+    /// PostgreSQL recycle the segment; anything else makes it retry.
+    ArchiveWal(crate::cmd::archive_wal::ArchiveWalArgs),
     /// Show this host's role and replication health (monitoring-plugin exit codes)
     ///
     /// Changes nothing and takes no lock. Asks the local cluster and every member.

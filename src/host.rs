@@ -1,7 +1,9 @@
-//! Facts about this host: the postgres account and the addresses of its interfaces.
+//! Facts about this host: the postgres account, the addresses of its interfaces and where the
+//! pgha program itself is.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
@@ -31,4 +33,14 @@ pub fn local_addresses() -> Result<BTreeSet<IpAddr>> {
         }
     }
     Ok(addresses)
+}
+
+/// Where the package installs pgha.
+pub const INSTALLED_PROGRAM: &str = "/usr/sbin/pgha";
+
+/// The program running now, which `archive_command` calls back: the installed one on a real host,
+/// the one under test in a build tree. A program replaced while it runs (an upgrade) has no path
+/// left, so the installed path stands in.
+pub fn pgha_program() -> PathBuf {
+    std::env::current_exe().ok().filter(|path| path.is_file()).unwrap_or_else(|| INSTALLED_PROGRAM.into())
 }

@@ -49,6 +49,7 @@ fn main() -> ExitCode {
         Command::Primary(args) => args.run(config),
         Command::Standby(args) => args.run(config),
         Command::PruneArchive(args) => args.run(config),
+        Command::ArchiveWal(args) => args.run(config),
         Command::Status(args) => args.run(config),
         Command::Verify(args) => args.run(config),
         Command::Promote(args) => args.run(config),

@@ -50,6 +50,7 @@ pub fn prepare(config: &Config, cluster: &Cluster, password: &Password, own_addr
         upstream_address: own_address,
         local_ssl: ssl,
         primary_settings: None,
+        pgha_program: crate::host::pgha_program(),
     };
     let plan = plan(config, cluster, &facts, &target, password)?;
     Ok(PrimaryPlan { plan, target })
@@ -95,8 +96,7 @@ pub fn plan(config: &Config, cluster: &Cluster, facts: &Facts, target: &Target, 
     let mut plan = Plan::default();
 
     if config.archive.enabled {
-        let ownership = Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o700 };
-        if let Some(step) = archive_dir_step(config, ownership)? {
+        if let Some(step) = archive_dir_step(config)? {
             plan.push(step);
         }
     }
@@ -117,7 +117,12 @@ pub fn plan(config: &Config, cluster: &Cluster, facts: &Facts, target: &Target, 
     Ok(plan)
 }
 
-fn archive_dir_step(config: &Config, ownership: Ownership) -> Result<Option<Step>> {
+/// The archive directory (postgres, 0700) when it is missing or not so owned; None when it is
+/// right. Every member gets it, a standby too: a promoted one archives at once, and without the
+/// directory each archive_command would fail and pg_wal would grow until the disk is full.
+pub fn archive_dir_step(config: &Config) -> Result<Option<Step>> {
+    let postgres = postgres_account()?;
+    let ownership = Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o700 };
     let directory = &config.archive.directory;
     match fs::metadata(directory) {
         Ok(metadata) if !metadata.is_dir() => Err(ConfigError::key(

@@ -51,6 +51,8 @@ pub struct Facts {
     /// `ssl` on the local server: decides hostssl or host in pg_hba.conf.
     pub local_ssl: bool,
     pub primary_settings: Option<HotStandbySettings>,
+    /// The pgha program `archive_command` runs.
+    pub pgha_program: PathBuf,
 }
 
 impl Facts {
@@ -64,6 +66,7 @@ impl Facts {
             upstream_address,
             local_ssl: true,
             primary_settings: None,
+            pgha_program: crate::host::INSTALLED_PROGRAM.into(),
         }
     }
 }
@@ -242,6 +245,26 @@ fn hba_lines(config: &Config, facts: &Facts) -> Vec<String> {
         .collect()
 }
 
+/// pgha's own copier (`pgha archive-wal`) with the archive's limits as arguments, so archiving
+/// never reads pgha.conf. A `%` in a path would be taken for a placeholder, hence `%%`.
+fn archive_command(config: &Config, facts: &Facts) -> String {
+    let word = |text: &str| shell_quote(text).replace('%', "%%");
+    let mut command = vec![
+        word(&facts.pgha_program.display().to_string()),
+        "archive-wal".to_string(),
+        "--directory".into(),
+        word(&config.archive.directory.display().to_string()),
+    ];
+    if let Some(bytes) = config.archive.max_bytes {
+        command.extend(["--max-size".into(), bytes.to_string()]);
+    }
+    if let Some(bytes) = config.archive.min_free_bytes {
+        command.extend(["--min-free".into(), bytes.to_string()]);
+    }
+    command.extend(["%p".into(), "%f".into()]);
+    command.join(" ")
+}
+
 /// Every file pgha writes for `role`, in the order they must be written: for a standby the
 /// signal file or recovery.conf comes first, so nothing can start the copy as a primary.
 pub fn render(role: Role, config: &Config, facts: &Facts) -> Result<Vec<RenderedFile>> {
@@ -249,10 +272,7 @@ pub fn render(role: Role, config: &Config, facts: &Facts) -> Result<Vec<Rendered
     let version = facts.version;
     config.check_synchronous_for(version)?;
     let slot_name = config.replication.slots.then(|| standby_name(facts.own_address));
-    let archive_dir = shell_quote(&config.archive.directory.display().to_string()).replace('%', "%%");
-    let archive_command = format!(
-        "(test ! -f {archive_dir}/%f && cp %p {archive_dir}/%f.pgha-tmp && mv {archive_dir}/%f.pgha-tmp {archive_dir}/%f) || cmp -s %p {archive_dir}/%f"
-    );
+    let archive_command = archive_command(config, facts);
     let listen = format!("localhost,{}", facts.own_address);
 
     let mut context = tera::Context::new();

@@ -77,6 +77,10 @@ const FUNCTIONS: &[(&str, PgVersion, Args)] = &[
     ("sum", V95, Args::Exactly(&[1])),
     ("bool_or", V95, Args::Exactly(&[1])),
     ("coalesce", V95, Args::AtLeast(1)),
+    // The ARRAY(subquery) constructor, checked like a one-argument function.
+    ("array", V95, Args::Exactly(&[1])),
+    ("array_length", V95, Args::Exactly(&[2])),
+    ("array_remove", V95, Args::Exactly(&[2])),
     ("extract", V95, Args::Exactly(&[1])),
 ];
 
@@ -136,6 +140,19 @@ const RELATIONS: &[(&str, PgVersion, &[&str])] = &[
             "catalog_xmin",
             "restart_lsn",
             "confirmed_flush_lsn",
+        ],
+    ),
+    (
+        "pg_stat_archiver",
+        V95,
+        &[
+            "archived_count",
+            "last_archived_wal",
+            "last_archived_time",
+            "failed_count",
+            "last_failed_wal",
+            "last_failed_time",
+            "stats_reset",
         ],
     ),
     (
@@ -227,6 +244,7 @@ const SETTINGS: &[(&str, PgVersion, &[&str])] = &[
     ("server_version_num", V95, &[]),
     ("ssl", V95, &[]),
     ("wal_level", V95, &[]),
+    ("archive_mode", V95, &[]),
     ("max_wal_senders", V95, &[]),
     ("log_statement", V95, &["none", "ddl", "mod", "all"]),
     ("log_min_duration_statement", V95, &[]),

@@ -1,6 +1,7 @@
 //! One module per subcommand, each with an Args struct and `run`: arguments in, a workflow
 //! called, its result printed. The workflows themselves live outside `cmd`.
 
+pub mod archive_wal;
 pub mod cleanup;
 pub mod fence;
 pub mod generate_docs;

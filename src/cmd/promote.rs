@@ -13,6 +13,7 @@ use clap::Args;
 use crate::config::{Config, Synchronous};
 use crate::debian::{log_tail, Cluster};
 use crate::error::EXIT_OK;
+use crate::files::plan::Step;
 use crate::members::{survey, Probe};
 use crate::node::{require_member_address, Node};
 use crate::render::standby_name;
@@ -62,6 +63,14 @@ impl PromoteArgs {
             log::warn!("--force overrides: {list}");
         }
         drop(passfile);
+        // A standby pgha set up has it already; one set up by hand or before pgha made it gets it
+        // now, before the first segment of the new timeline needs archiving.
+        if config.archive.enabled {
+            if let Some(Step::CreateDir { path, ownership }) = crate::primary::archive_dir_step(config)? {
+                log::info!("creating the archive directory {}", path.display());
+                crate::files::apply::create_dir(&path, ownership)?;
+            }
+        }
         // From the moment the server is asked to promote there is no way back: a signal from here
         // on lets the promote and the steps after it finish, and is only reported.
         crate::signals::finish_from_here();

@@ -4,6 +4,7 @@
 //! Unlike every other command, a config error exits 3 (UNKNOWN), not 2: to a monitoring system 2
 //! means CRITICAL, and a broken pgha.conf says nothing about the database.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -15,7 +16,10 @@ use std::net::IpAddr;
 use crate::config::Config;
 use crate::debian::Cluster;
 use crate::files::datadir::{dir_size, filesystem_bytes, free_bytes, kept_beside, Kept};
-use crate::health::{describe, describe_kept, fenced, format_plugin, ClusterReport, FilesystemReport, Limits, Report};
+use crate::health::{
+    describe, describe_archive, describe_kept, fenced, format_plugin, judge_free_space, ArchiveFacts, ClusterReport,
+    FilesystemReport, FreeLimits, Limits, Report,
+};
 use crate::members::find_primary;
 use crate::node::{find_local_address, Node};
 use crate::replication::{parse_snapshot, snapshot_sql, Health, LagLimit};
@@ -42,6 +46,16 @@ pub struct StatusArgs {
     #[arg(long, value_name = "PERCENT", default_value_t = 20, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub warn_kept: u8,
 
+    /// WARNING when the data directory's or the archive's filesystem has less than this
+    /// percentage free
+    #[arg(long, value_name = "PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub warn_free: u8,
+
+    /// CRITICAL when the data directory's or the archive's filesystem has less than this
+    /// percentage free
+    #[arg(long, value_name = "PERCENT", default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub crit_free: u8,
+
     /// Print the raw answer of the status query (for saving parser test samples)
     #[arg(long, hide = true)]
     pub raw: bool,
@@ -55,7 +69,8 @@ impl StatusArgs {
             return Ok(0);
         }
         let limits = Limits::new(&self.warn_lag, &self.crit_lag);
-        let report = match gather(config_path, &limits, self.warn_kept) {
+        let free = FreeLimits { warn_percent: self.warn_free, crit_percent: self.crit_free };
+        let report = match gather(config_path, &limits, free, self.warn_kept) {
             Ok(report) => report,
             Err(error) => {
                 let mut report = Report::empty();
@@ -80,7 +95,7 @@ fn ask_members(config: &Config, cluster: &Cluster, own: IpAddr) -> Result<IpAddr
     Ok(find_primary(config, cluster, &passfile.path, own, None)?.0)
 }
 
-fn gather(config_path: &Path, limits: &Limits, warn_kept: u8) -> Result<Report> {
+fn gather(config_path: &Path, limits: &Limits, free: FreeLimits, warn_kept: u8) -> Result<Report> {
     let Node { config, cluster } = Node::load(config_path)?;
     let online = pg_lsclusters::is_online(&cluster)?;
     let mut report = Report::empty();
@@ -110,7 +125,11 @@ fn gather(config_path: &Path, limits: &Limits, warn_kept: u8) -> Result<Report> 
             ),
         );
     }
-    report.data_filesystem = data_filesystem(&cluster);
+    let data_filesystem = filesystem_of(&cluster.data_dir);
+    if let Some(filesystem) = &data_filesystem {
+        judge_free_space(&mut report, "the data directory", filesystem, free);
+    }
+    report.data_filesystem = data_filesystem;
     // The kept directories sit beside the data directory, on its filesystem (the swap is a rename).
     let filesystem = report.data_filesystem.as_ref().map_or(0, |filesystem| filesystem.size_bytes);
     match kept_with_sizes(&cluster) {
@@ -128,7 +147,26 @@ fn gather(config_path: &Path, limits: &Limits, warn_kept: u8) -> Result<Report> 
     }
     let snapshot = parse_snapshot(&query(&Target::local(&cluster), &snapshot_sql(cluster.version))?)?;
     describe(&mut report, &config, &cluster, &snapshot, limits);
+    if let (Some(archiver), true) = (&snapshot.archiver, config.archive.enabled) {
+        describe_archive(&mut report, archiver, archive_facts(&config.archive.directory, &cluster.data_dir), free);
+    }
     Ok(report)
+}
+
+/// The archive directory measured from metadata (never following a link), and its filesystem
+/// when it is not the data directory's.
+fn archive_facts(directory: &Path, data_dir: &Path) -> ArchiveFacts {
+    let usage = crate::files::archive::usage(directory).unwrap_or_else(|error| {
+        log::debug!("{error:#}");
+        None
+    });
+    let device = |path: &Path| std::fs::metadata(path).map(|metadata| metadata.dev()).ok();
+    let shared = device(directory).is_some() && device(directory) == device(data_dir);
+    ArchiveFacts {
+        directory: directory.display().to_string(),
+        usage,
+        own_filesystem: if shared { None } else { filesystem_of(directory) },
+    }
 }
 
 /// The kept directories beside the data directory with their sizes (walked without following
@@ -143,12 +181,12 @@ fn kept_with_sizes(cluster: &Cluster) -> Result<Vec<(Kept, u64)>> {
         .collect())
 }
 
-/// Free space and size of the data directory's filesystem; None when it cannot be read, which
-/// the cluster's own state already reports.
-fn data_filesystem(cluster: &Cluster) -> Option<FilesystemReport> {
+/// Free space and size of the filesystem `path` is on; None when it cannot be read, which the
+/// cluster's own state, or the archive's, already reports.
+fn filesystem_of(path: &Path) -> Option<FilesystemReport> {
     Some(FilesystemReport {
-        path: cluster.data_dir.display().to_string(),
-        free_bytes: free_bytes(&cluster.data_dir).ok()?,
-        size_bytes: filesystem_bytes(&cluster.data_dir).ok()?,
+        path: path.display().to_string(),
+        free_bytes: free_bytes(path).ok()?,
+        size_bytes: filesystem_bytes(path).ok()?,
     })
 }

@@ -150,6 +150,27 @@ pub struct Archive {
     pub enabled: bool,
     pub directory: PathBuf,
     pub keep: Duration,
+    /// The oldest files go once the archive holds more; None: no cap ("0").
+    pub max_bytes: Option<u64>,
+    /// Below this much free space a segment is dropped instead of archived; None: never.
+    pub min_free_bytes: Option<u64>,
+}
+
+/// An archive limit: a size such as "10GB", or "0" for none.
+fn parse_archive_size(text: &str) -> Result<Option<u64>, String> {
+    match crate::size::parse_bytes(text, &["", "MB", "GB", "TB"]) {
+        Some(0) => Ok(None),
+        Some(bytes) if text.trim().chars().all(|c| c.is_ascii_digit()) => {
+            Err(format!("{bytes} has no unit: expected a size such as \"10GB\" (MB, GB or TB), or \"0\" for none"))
+        }
+        Some(bytes) if bytes < 64 << 20 => {
+            Err(format!("{text:?} is less than four WAL segments: expected at least \"64MB\", or \"0\" for none"))
+        }
+        Some(bytes) => Ok(Some(bytes)),
+        None => Err(format!(
+            "{text:?} is not a size: expected a number and MB, GB or TB, such as \"10GB\", or \"0\" for none"
+        )),
+    }
 }
 
 /// What the fence does at start when no other member answers.
@@ -317,6 +338,12 @@ impl Config {
                 .map_err(|message| bad("archive.directory", message))?,
             keep: parse_duration(raw_archive.keep.as_deref().unwrap_or(DEFAULTS.keep))
                 .map_err(|message| bad("archive.keep", message))?,
+            max_bytes: parse_archive_size(raw_archive.max_size.as_deref().unwrap_or(DEFAULTS.archive_max_size))
+                .map_err(|message| bad("archive.max_size", message))?,
+            min_free_bytes: match raw_archive.min_free.as_deref() {
+                None => None,
+                Some(text) => parse_archive_size(text).map_err(|message| bad("archive.min_free", message))?,
+            },
         };
         if archive.keep.is_zero() {
             return Err(bad("archive.keep", "must be longer than 0: expected a duration like \"7d\"".into()));
@@ -411,7 +438,27 @@ mod tests {
         assert!(config.replication.slots);
         assert_eq!(config.archive.directory, Path::new(DEFAULT_ARCHIVE_DIR));
         assert_eq!(config.archive.keep, Duration::from_secs(7 * 86400));
+        assert_eq!(config.archive.max_bytes, Some(10 << 30));
+        assert_eq!(config.archive.min_free_bytes, None);
         assert_eq!(config.cluster, ClusterChoice { version: None, name: None });
+    }
+
+    #[test]
+    fn archive_limits_are_sizes_or_zero_and_bad_ones_are_named() {
+        let archive = |body: &str| parse(&format!("{MINIMAL}[archive]\n{body}\n")).map(|config| config.archive);
+        let set = archive("max_size = \"2GB\"\nmin_free = \"512MB\"").unwrap();
+        assert_eq!((set.max_bytes, set.min_free_bytes), (Some(2 << 30), Some(512 << 20)));
+        let off = archive("max_size = \"0\"\nmin_free = \"0\"").unwrap();
+        assert_eq!((off.max_bytes, off.min_free_bytes), (None, None));
+        for (body, key, words) in [
+            ("max_size = \"lots\"", "archive.max_size", "\"lots\" is not a size"),
+            ("max_size = \"100\"", "archive.max_size", "has no unit"),
+            ("max_size = \"16MB\"", "archive.max_size", "at least \"64MB\""),
+            ("min_free = \"5%\"", "archive.min_free", "\"5%\" is not a size"),
+        ] {
+            let error = archive(body).unwrap_err().to_string();
+            assert!(error.contains(key) && error.contains(words), "{body}: {error}");
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub struct Defaults {
     pub archive_enabled: bool,
     pub archive_directory: &'static str,
     pub keep: &'static str,
+    pub archive_max_size: &'static str,
     pub fence_no_answer: &'static str,
     pub fence_wait: &'static str,
 }
@@ -51,6 +52,7 @@ pub const DEFAULTS: Defaults = Defaults {
     archive_enabled: true,
     archive_directory: DEFAULT_ARCHIVE_DIR,
     keep: "7d",
+    archive_max_size: "10GB",
     fence_no_answer: "start",
     fence_wait: "30s",
 };
@@ -110,6 +112,8 @@ pub struct RawArchive {
     pub enabled: Option<bool>,
     pub directory: Option<PathBuf>,
     pub keep: Option<String>,
+    pub max_size: Option<String>,
+    pub min_free: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

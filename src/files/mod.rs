@@ -1,9 +1,11 @@
 //! The only code that changes the filesystem: the plan of file changes (`plan`), the atomic
-//! writer with its undo log (`apply`), the data directory's siblings pgha creates, moves and
-//! sizes (`datadir`), and the handle-based operations all of them use in trees other users own
-//! (`secure`). Everything else computes what to write and hands it here.
+//! writer with its undo log (`apply`), the WAL archive that archive_command fills and pruning
+//! empties (`archive`), the data directory's siblings pgha creates, moves and sizes (`datadir`),
+//! and the handle-based operations all of them use in trees other users own (`secure`).
+//! Everything else computes what to write and hands it here.
 
 pub mod apply;
+pub mod archive;
 pub mod datadir;
 pub mod plan;
 pub mod secure;

@@ -14,9 +14,9 @@ use std::path::Path;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
-use crate::cmd::prune_archive::is_prunable_name;
 use crate::config::{validate_role_name, Config, Password};
 use crate::debian::Cluster;
+use crate::files::archive::is_prunable_name;
 use crate::hba::{merge_block, remove_block, BEGIN, END};
 use crate::health::{describe, format_plugin, Limits, Report};
 use crate::password::scram_matches;

@@ -6,10 +6,12 @@ use std::net::IpAddr;
 use crate::config::{Config, Synchronous};
 use crate::debian::Cluster;
 use crate::render::standby_name;
+mod archive;
 mod plugin;
 mod report;
 
 use crate::replication::{format_bytes, sender_lag, standby_lag, Health, Lag, LagLimit, Snapshot};
+pub use archive::{describe_archive, judge_free_space, ArchiveFacts, FreeLimits};
 pub use plugin::format_plugin;
 #[cfg(test)]
 pub use plugin::plugin_grammar;

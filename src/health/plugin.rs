@@ -115,6 +115,19 @@ pub fn perfdata(report: &Report, limits: &Limits) -> Vec<PerfDatum> {
         free.max = Some(filesystem.size_bytes as f64);
         data.push(free);
     }
+    if let Some(archive) = &report.archive {
+        // A counter: the monitoring system graphs its rate.
+        data.push(PerfDatum::new("archive_failed".into(), Some(archive.failed_count as f64), "c"));
+        data.push(PerfDatum::new("archive_ready".into(), Some(archive.ready_count as f64), ""));
+        data.push(PerfDatum::new("archive_last_archived_age".into(), archive.last_archived_age_seconds, "s"));
+        data.push(PerfDatum::new("archive_bytes".into(), archive.bytes.map(|bytes| bytes as f64), "B"));
+        data.push(PerfDatum::new("archive_dropped".into(), archive.dropped.map(|count| count as f64), ""));
+        if let Some(filesystem) = &archive.filesystem {
+            let mut free = PerfDatum::new("archive_free_bytes".into(), Some(filesystem.free_bytes as f64), "B");
+            free.max = Some(filesystem.size_bytes as f64);
+            data.push(free);
+        }
+    }
     data
 }
 
@@ -190,6 +203,7 @@ pub fn plugin_grammar() -> regex::Regex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::report::ArchiveReport;
     use crate::health::{ClusterReport, FilesystemReport, ReceiverReport, SlotReport, StandbyReport};
     use crate::replication::{Lag, Lsn};
     use std::time::Duration;
@@ -232,6 +246,26 @@ mod tests {
             free_bytes: 5 << 30,
             size_bytes: 20 << 30,
         });
+        report.archive = Some(ArchiveReport {
+            directory: "/srv/wal archive".into(),
+            mode: "on".into(),
+            failing: false,
+            archived_count: 7,
+            last_archived_wal: Some("000000010000000000000007".into()),
+            last_archived_age_seconds: Some(42.5),
+            failed_count: 2,
+            last_failed_wal: None,
+            last_failed_age_seconds: None,
+            ready_count: 1,
+            bytes: Some(112 << 20),
+            files: Some(7),
+            dropped: Some(0),
+            filesystem: Some(FilesystemReport {
+                path: "/srv/wal archive".into(),
+                free_bytes: 1 << 30,
+                size_bytes: 2 << 30,
+            }),
+        });
         report
     }
 
@@ -254,6 +288,12 @@ mod tests {
                 "'lag_seconds_2001:db8::12'=U;30;;0",
                 "slot_retained_bytes_pgha_192_0_2_11=16777216B;;;0",
                 "data_free_bytes=5368709120B;;;0;21474836480",
+                "archive_failed=2c;;;0",
+                "archive_ready=1;;;0",
+                "archive_last_archived_age=42.5s;;;0",
+                "archive_bytes=117440512B;;;0",
+                "archive_dropped=0;;;0",
+                "archive_free_bytes=1073741824B;;;0;2147483648",
             ],
             "an unconfigured walsender (a pg_basebackup, say) gets no label"
         );

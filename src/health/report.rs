@@ -81,6 +81,31 @@ pub struct FilesystemReport {
     pub size_bytes: u64,
 }
 
+/// The WAL archive of a primary: pg_stat_archiver, the segments waiting, the directory.
+#[derive(Debug, Serialize)]
+pub struct ArchiveReport {
+    pub directory: String,
+    /// archive_mode as the server runs it.
+    pub mode: String,
+    /// archive_command failed after its last success: pg_wal grows until it succeeds.
+    pub failing: bool,
+    pub archived_count: u64,
+    pub last_archived_wal: Option<String>,
+    pub last_archived_age_seconds: Option<f64>,
+    pub failed_count: u64,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_age_seconds: Option<f64>,
+    /// Segments in pg_wal not archived yet.
+    pub ready_count: u64,
+    /// What the directory holds; null when it cannot be read.
+    pub bytes: Option<u64>,
+    pub files: Option<u64>,
+    /// Segments dropped under archive.min_free whose markers are still there.
+    pub dropped: Option<u64>,
+    /// Null when the archive shares the data directory's filesystem.
+    pub filesystem: Option<FilesystemReport>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub schema_version: u32,
@@ -102,6 +127,8 @@ pub struct Report {
     pub kept: Vec<KeptReport>,
     /// Null when it cannot be read (no data directory).
     pub data_filesystem: Option<FilesystemReport>,
+    /// Null on a standby, or with archive.enabled false.
+    pub archive: Option<ArchiveReport>,
 }
 
 impl Report {
@@ -122,6 +149,7 @@ impl Report {
             receiver: None,
             kept: Vec::new(),
             data_filesystem: None,
+            archive: None,
         }
     }
 
@@ -237,6 +265,25 @@ pub fn format_details(report: &Report) -> String {
                     k.kind.to_string(),
                     humantime::format_duration(std::time::Duration::from_secs(k.age_seconds / 60 * 60)).to_string(),
                     format_bytes(k.bytes),
+                ]
+            })
+            .collect(),
+    );
+    table(
+        &["ARCHIVE", "MODE", "LAST ARCHIVED", "AGE", "FAILED", "READY", "SIZE", "DROPPED"],
+        report
+            .archive
+            .iter()
+            .map(|a| {
+                vec![
+                    a.directory.clone(),
+                    if a.failing { format!("{} (failing)", a.mode) } else { a.mode.clone() },
+                    or_dash(a.last_archived_wal.as_ref()),
+                    a.last_archived_age_seconds.map_or("-".into(), |s| format!("{s:.0}s")),
+                    a.failed_count.to_string(),
+                    a.ready_count.to_string(),
+                    a.bytes.map_or("-".into(), format_bytes),
+                    or_dash(a.dropped),
                 ]
             })
             .collect(),

@@ -92,6 +92,26 @@ pub fn snapshot_sql(version: PgVersion) -> String {
             "WHERE pg_is_in_recovery()",
         ),
     ];
+    // Only a primary archives (archive_mode = on); the .ready files are segments still waiting.
+    let wal_dir = if version.has_wal_names() { "pg_wal" } else { "pg_xlog" };
+    let age = |column: &str| format!("coalesce(extract(epoch FROM now() - {column})::text, '')");
+    parts.push((
+        vec![
+            "'archiver'".to_string(),
+            "current_setting('archive_mode')".into(),
+            "archived_count".into(),
+            "coalesce(last_archived_wal, '')".into(),
+            age("last_archived_time"),
+            "failed_count".into(),
+            "coalesce(last_failed_wal, '')".into(),
+            age("last_failed_time"),
+            format!(
+                "coalesce(array_length(array_remove(ARRAY(SELECT substring(pg_ls_dir('{wal_dir}/archive_status'), \
+                 '\\.ready$')), NULL), 1), 0)"
+            ),
+        ],
+        "FROM pg_stat_archiver WHERE NOT pg_is_in_recovery()",
+    ));
     // pg_stat_wal_receiver arrived in 9.6; sender_host/sender_port in 11.
     if version >= PgVersion::new(9, 6) {
         let (host, port) = if version >= PgVersion::new(11, 0) {
@@ -155,6 +175,33 @@ pub struct Receiver {
     pub slot_name: Option<String>,
 }
 
+/// pg_stat_archiver and the segments waiting for archive_command, on a primary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Archiver {
+    /// archive_mode: "off", "on" or "always".
+    pub mode: String,
+    pub archived_count: u64,
+    pub last_archived_wal: Option<String>,
+    pub seconds_since_archived: Option<f64>,
+    pub failed_count: u64,
+    pub last_failed_wal: Option<String>,
+    pub seconds_since_failed: Option<f64>,
+    /// Segments in pg_wal whose archiving has not succeeded yet.
+    pub ready: u64,
+}
+
+impl Archiver {
+    /// archive_command failed after its last success: PostgreSQL keeps every segment from the
+    /// failed one on in pg_wal and retries, so pg_wal grows until it succeeds.
+    pub fn failing(&self) -> bool {
+        match (self.seconds_since_failed, self.seconds_since_archived) {
+            (Some(failed), Some(archived)) => failed < archived,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Progress {
     pub receive: Option<Lsn>,
@@ -174,6 +221,8 @@ pub struct Snapshot {
     pub progress: Option<Progress>,
     /// None on a standby whose WAL receiver is not running (and always on 9.5, which cannot tell).
     pub receiver: Option<Receiver>,
+    /// None on a standby.
+    pub archiver: Option<Archiver>,
 }
 
 impl Snapshot {
@@ -202,12 +251,14 @@ pub fn parse_snapshot(rows: &[Vec<String>]) -> Result<Snapshot> {
     let mut slots = Vec::new();
     let mut progress = None;
     let mut receiver = None;
+    let mut archiver = None;
     for row in rows {
         let fields: Vec<&str> = row.iter().map(String::as_str).collect();
         let width = match fields.first().copied() {
             Some("server" | "progress") => 4,
             Some("slot") => 6,
             Some("receiver") => 7,
+            Some("archiver") => 9,
             _ => fields.len(),
         };
         match &fields[..width.min(fields.len())] {
@@ -251,13 +302,28 @@ pub fn parse_snapshot(rows: &[Vec<String>]) -> Result<Snapshot> {
                     slot_name: (!slot.is_empty()).then(|| slot.to_string()),
                 })
             }
+            ["archiver", mode, archived, last_archived, since_archived, failed, last_failed, since_failed, ready] => {
+                let count = |text: &str| {
+                    text.parse::<u64>().with_context(|| format!("bad count {text:?} from pg_stat_archiver"))
+                };
+                archiver = Some(Archiver {
+                    mode: mode.to_string(),
+                    archived_count: count(archived)?,
+                    last_archived_wal: (!last_archived.is_empty()).then(|| last_archived.to_string()),
+                    seconds_since_archived: optional(since_archived)?,
+                    failed_count: count(failed)?,
+                    last_failed_wal: (!last_failed.is_empty()).then(|| last_failed.to_string()),
+                    seconds_since_failed: optional(since_failed)?,
+                    ready: count(ready)?,
+                })
+            }
             _ => bail!("unexpected row from the status query: {row:?}"),
         }
     }
     let Some((version, in_recovery, wal_lsn)) = server else { bail!("the status query returned no server row") };
     senders.sort_by(|a, b| (&a.application_name, a.client_addr).cmp(&(&b.application_name, b.client_addr)));
     slots.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Snapshot { version, in_recovery, wal_lsn, senders, slots, progress, receiver })
+    Ok(Snapshot { version, in_recovery, wal_lsn, senders, slots, progress, receiver, archiver })
 }
 
 #[cfg(test)]
@@ -292,10 +358,24 @@ mod tests {
     }
 
     #[test]
+    fn parses_saved_primary_snapshot_with_a_failing_archive() {
+        let text = include_str!("../../tests/data/status-primary-archive-failing-15.txt");
+        let archiver = parse_snapshot(&rows(text)).unwrap().archiver.unwrap();
+        assert_eq!(archiver.mode, "on");
+        assert_eq!((archiver.archived_count, archiver.failed_count, archiver.ready), (1, 3, 1));
+        assert_eq!(archiver.last_failed_wal.as_deref(), Some("000000010000000000000002"));
+        assert!(archiver.failing(), "{archiver:?}");
+        let standby = parse_snapshot(&rows(include_str!("../../tests/data/status-standby-15.txt"))).unwrap();
+        assert!(standby.archiver.is_none());
+    }
+
+    #[test]
     fn snapshot_sql_follows_the_renames() {
         assert!(snapshot_sql(PgVersion::new(9, 5)).contains("replay_location"));
         assert!(!snapshot_sql(PgVersion::new(9, 5)).contains("pg_stat_wal_receiver"));
         assert!(snapshot_sql(PgVersion::new(15, 0)).contains("replay_lsn"));
         assert!(snapshot_sql(PgVersion::new(15, 0)).contains("sender_host"));
+        assert!(snapshot_sql(PgVersion::new(9, 6)).contains("'pg_xlog/archive_status'"));
+        assert!(snapshot_sql(PgVersion::new(10, 0)).contains("'pg_wal/archive_status'"));
     }
 }

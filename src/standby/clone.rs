@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::debian::log_tail;
 use crate::files::apply::{write_atomic, Transaction};
 use crate::files::datadir::{dir_size, fresh_staging, remove_staging, swap_back, swap_in};
-use crate::files::plan::{file_change, rendered_file_change, FileChange, Ownership};
+use crate::files::plan::{file_change, rendered_file_change, FileChange, Ownership, Step};
 use crate::files::secure::read_text_capped;
 use crate::host::postgres_account;
 use crate::notify::notify_status;
@@ -262,6 +262,7 @@ fn standby_facts(context: &StandbyContext, settings: Option<HotStandbySettings>)
         upstream_address: context.primary,
         local_ssl,
         primary_settings: settings,
+        pgha_program: crate::host::pgha_program(),
     }
 }
 
@@ -351,6 +352,13 @@ pub fn write_config_files(
         transaction.create_dir(&conf_d, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o755 })?;
     }
     let mut changed = false;
+    if context.config.archive.enabled {
+        if let Some(Step::CreateDir { path, ownership }) = crate::primary::archive_dir_step(context.config)? {
+            log::info!("creating the archive directory {}, for the day this standby is promoted", path.display());
+            transaction.create_dir(&path, ownership)?;
+            changed = true;
+        }
+    }
     // The first file is the signal file, already in staging.
     for file in render(Role::Standby, &config, &facts)?.into_iter().skip(1) {
         if let Some(change) = rendered_file_change(file)? {

@@ -362,10 +362,15 @@ pub struct TwoHosts {
     pub b: TestCluster,
     pub config_a: TestConfig,
     pub config_b: TestConfig,
-    _archive: tempfile::TempDir,
+    archive: tempfile::TempDir,
 }
 
 impl TwoHosts {
+    /// The archive directory of A ("a") or B ("b").
+    pub fn archive_dir(&self, host: &str) -> PathBuf {
+        self.archive.path().join(format!("archive-{host}"))
+    }
+
     pub fn new(primary_version: &str, password: &str) -> Option<TwoHosts> {
         if !require_root_and_postgres() {
             return None;
@@ -376,15 +381,16 @@ impl TwoHosts {
         a.start();
         let archive = tempfile::tempdir().unwrap();
         fs::set_permissions(archive.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let archive_dir = archive.path().join("archive");
-        let config_for = |cluster: &TestCluster| {
+        // Each host archives to its own directory, as on real hosts with their own disks.
+        let config_for = |cluster: &TestCluster, archive_name: &str| {
+            let archive_dir = archive.path().join(archive_name);
             let text = config_text(cluster, &hosts.a_ip, a.port, &[&hosts.b_ip], &archive_dir)
                 // Each test gets its own passfile: the default one is shared by every cluster on this machine.
                 .replace("[replication]\n", "[replication]\npassfile = \"@PASSWORD_FILE@.pgpass\"\n");
             TestConfig::new(&text, password)
         };
-        let (config_a, config_b) = (config_for(&a), config_for(&b));
-        let two = TwoHosts { hosts, a, b, config_a, config_b, _archive: archive };
+        let (config_a, config_b) = (config_for(&a, "archive-a"), config_for(&b, "archive-b"));
+        let two = TwoHosts { hosts, a, b, config_a, config_b, archive };
         let out = two.run_a(&["primary"]);
         assert_eq!(out.code, 0, "pgha primary failed: {}", out.stderr);
         Some(two)

@@ -136,6 +136,11 @@ fn switchover_keeps_every_row_and_roles_follow() {
     assert_eq!(again.code, 0);
     assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
     write(b, "3-after-promote", 30);
+    // B got its archive directory as a standby: the new timeline's first segment is archived there.
+    b.psql("SELECT pg_switch_wal()");
+    b.wait_for("SELECT last_archived_wal LIKE '000000020%' AND failed_count = 0 FROM pg_stat_archiver", "t", WAIT);
+    let archived = fs::read_dir(p.archive_dir("b")).unwrap().filter_map(|entry| entry.ok()).count();
+    assert!(archived >= 2, "B's archive holds {archived} files: a segment and 00000002.history expected");
 
     let rejoined = p.run_a(&["rejoin"]);
     assert_eq!(rejoined.code, 0, "{}\n{}", rejoined.stdout, rejoined.stderr);
@@ -153,6 +158,8 @@ fn switchover_keeps_every_row_and_roles_follow() {
     let json = status_json(&status_b);
     assert_eq!((json["role"].as_str(), json["configured_role"].as_str()), (Some("primary"), Some("primary")));
     assert_eq!(status_b.code, 0, "{}", status_b.stdout);
+    assert_eq!(json["archive"]["failing"].as_bool(), Some(false), "{}", status_b.stdout);
+    assert!(json["archive"]["archived_count"].as_u64() >= Some(1), "{}", status_b.stdout);
     let status_a = p.run_a(&["status", "--json"]);
     let json = status_json(&status_a);
     assert_eq!((json["role"].as_str(), json["configured_role"].as_str()), (Some("standby"), Some("standby")));

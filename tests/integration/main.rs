@@ -4,6 +4,7 @@
 
 mod common;
 
+mod archive;
 mod boot;
 mod cli;
 mod day2;
