@@ -10,6 +10,7 @@ mod day2;
 mod fence;
 mod golden;
 mod kept;
+mod monitoring;
 mod primary;
 mod promote_guard;
 mod secrets;
