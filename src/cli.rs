@@ -82,7 +82,8 @@ pub enum Command {
     ///
     /// Changes nothing and takes no lock. Asks the local cluster and every member.
     #[command(after_help = "Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also for a config error: to a \
-                            monitoring system 2 would mean CRITICAL; usage errors too). The first line follows the Monitoring Plugins \
+                            monitoring system 2 would mean CRITICAL; usage errors and runs by anyone but root too: a monitoring agent \
+                            runs it through sudo, see /usr/share/doc/pgha/examples/sudoers.d-pgha-monitoring). The first line follows the Monitoring Plugins \
                             guidelines: `PGHA OK - summary | perfdata`, the reason on it for anything but OK. \
                             JSON schema: /usr/share/doc/pgha/status-schema.json.")]
     Status(crate::cmd::status::StatusArgs),

@@ -45,7 +45,8 @@ const EXIT_STATUS: &str = ".TP\n.B 0\nSuccess, or nothing to do.\n.TP\n.B 1\nRun
     was, or in the state the message describes.\n.TP\n.B 2\nUsage or configuration error: nothing was changed.\n";
 
 const STATUS_EXIT_STATUS: &str = ".TP\n.B 0\nOK.\n.TP\n.B 1\nWARNING.\n.TP\n.B 2\nCRITICAL.\n.TP\n.B 3\nUNKNOWN, also \
-    for a usage or configuration error (to a monitoring system 2 would mean CRITICAL).\n";
+    for a usage or configuration error, or when run by anyone but root (to a monitoring system 2 would mean \
+    CRITICAL).\n";
 
 const FILES: &str = ".TP\n/etc/pgha/pgha.conf\nThe configuration, see pgha.conf(5).\n.TP\n\
     /etc/pgha/replication.password\nThe replication password, root, mode 0600.\n.TP\n\
@@ -103,7 +104,9 @@ fn man_page(command: clap::Command, name: &str, invocation: &str) -> Result<Vec<
         page.extend_from_slice(
             b".SH OUTPUT\nThe first line follows the Monitoring Plugins guidelines: \\fBPGHA OK \\- \\fItext\\fR | \
               \\fIperfdata\\fR, the reason on it for WARNING, CRITICAL and UNKNOWN. \\fB\\-\\-json\\fR prints a \
-              document following /usr/share/doc/pgha/status\\-schema.json.\n",
+              document following /usr/share/doc/pgha/status\\-schema.json.\n.PP\nIt needs root. A monitoring agent runs it \
+              through sudo, allowed exact command lines only, never a wildcard: see \
+              /usr/share/doc/pgha/examples/sudoers.d\\-pgha\\-monitoring and nrpe.d\\-pgha.cfg.\n",
         );
     }
     page.extend_from_slice(b".SH FILES\n");

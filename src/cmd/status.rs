@@ -2,14 +2,16 @@
 //! monitoring-plugin exit codes (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).
 //!
 //! Unlike every other command, a config error exits 3 (UNKNOWN), not 2: to a monitoring system 2
-//! means CRITICAL, and a broken pgha.conf says nothing about the database.
+//! means CRITICAL, and a broken pgha.conf says nothing about the database. Run by anyone but root
+//! (a monitoring agent without its sudo rule) it exits 3 as well, for the same reason.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::SystemTime;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use nix::unistd::{Uid, User};
 
 use std::net::IpAddr;
 
@@ -95,7 +97,37 @@ fn ask_members(config: &Config, cluster: &Cluster, own: IpAddr) -> Result<IpAddr
     Ok(find_primary(config, cluster, &passfile.path, own, None)?.0)
 }
 
+/// Where a monitoring agent's sudo rule is shown, for the message that refuses anyone but root.
+const SUDO_EXAMPLE: &str = "/usr/share/doc/pgha/examples/sudoers.d-pgha-monitoring";
+
+/// Run by another account, status would get half-way (pg_lsclusters answers anyone) and then
+/// fail on the password file or on becoming postgres, with an error that hides why. Refused first,
+/// as UNKNOWN, naming the file that account cannot read and the way out: an agent sees that its
+/// own setup is wrong, not the database.
+fn require_root(config_path: &Path) -> Result<()> {
+    let uid = Uid::effective();
+    if uid.is_root() {
+        return Ok(());
+    }
+    let account = match User::from_uid(uid) {
+        Ok(Some(user)) => format!("{} (uid {uid})", user.name),
+        _ => format!("uid {uid}"),
+    };
+    let way_out = format!("run it through sudo with the exact command line allowed, as {SUDO_EXAMPLE} shows");
+    let config = Config::load(config_path)
+        .with_context(|| format!("pgha status needs root and runs as {account}; {way_out}"))?;
+    let password_file = config.replication.password_file.display();
+    let unreadable = match std::fs::File::open(&config.replication.password_file) {
+        Err(error) => format!("cannot read the replication password file {password_file}: {error}"),
+        Ok(_) => {
+            format!("can read the replication password file {password_file} but cannot ask the cluster as postgres")
+        }
+    };
+    bail!("pgha status needs root and runs as {account}: it {unreadable}; {way_out}")
+}
+
 fn gather(config_path: &Path, limits: &Limits, free: FreeLimits, warn_kept: u8) -> Result<Report> {
+    require_root(config_path)?;
     let Node { config, cluster } = Node::load(config_path)?;
     let online = pg_lsclusters::is_online(&cluster)?;
     let mut report = Report::empty();
