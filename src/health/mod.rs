@@ -7,12 +7,14 @@ use crate::config::{Config, Synchronous};
 use crate::debian::Cluster;
 use crate::render::standby_name;
 mod plugin;
+mod prometheus;
 mod report;
 
 use crate::replication::{format_bytes, sender_lag, standby_lag, Health, Lag, LagLimit, Snapshot};
 pub use plugin::format_plugin;
 #[cfg(test)]
 pub use plugin::plugin_grammar;
+pub use prometheus::format_metrics;
 pub use report::{ClusterReport, FilesystemReport, KeptReport, ReceiverReport, Report, SlotReport, StandbyReport};
 
 /// Limits in force: the defaults unless the admin gave some of that level.
