@@ -10,6 +10,7 @@ mod day2;
 mod fence;
 mod golden;
 mod kept;
+mod metrics;
 mod primary;
 mod promote_guard;
 mod secrets;
