@@ -5,7 +5,10 @@
 //! A value the report does not know (a disconnected standby's lag, a slot without a restart
 //! position) gets no series rather than NaN: a NaN compares false with every threshold, so an
 //! alert on it would stay silent while looking healthy. The state gauges (`pgha_status`,
-//! `pgha_cluster_up`, `pgha_standby_connected`) are always there to say why a series is missing.
+//! `pgha_cluster_up`, `pgha_standby_connected`) are there to say why a series is missing.
+//!
+//! Each part of the report has one function that asks [`Exposition::gauge`] for its families and
+//! adds samples; a new part of the report gets a function of its own, called from `format_metrics`.
 
 use std::fmt::Write;
 
