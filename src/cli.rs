@@ -87,6 +87,14 @@ pub enum Command {
                             guidelines: `PGHA OK - summary | perfdata`, the reason on it for anything but OK. \
                             JSON schema: /usr/share/doc/pgha/status-schema.json.")]
     Status(crate::cmd::status::StatusArgs),
+    /// Write `pgha status` as Prometheus metrics for node-exporter's textfile collector
+    ///
+    /// Changes: replaces DIR/pgha.prom (default /var/lib/prometheus/node-exporter/pgha.prom) with
+    /// the report `pgha status` gives, atomically (mode 0644); a symlink at that name is replaced,
+    /// not followed. Nothing else; takes no lock. pgha-metrics.timer runs it every 30 seconds. A
+    /// config error still writes the file (pgha_status 3, pgha_cluster_up 0), then exits 2; any
+    /// other problem is in the file and the exit code is 0.
+    Metrics(crate::cmd::metrics::MetricsArgs),
     /// Prove that a change on the primary reaches every standby, and time it
     ///
     /// Changes: writes one WAL record on the primary (a logical message, 9.5: an empty

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         Command::PruneArchive(args) => args.run(config),
         Command::ArchiveWal(args) => args.run(config),
         Command::Status(args) => args.run(config),
+        Command::Metrics(args) => args.run(config),
         Command::Verify(args) => args.run(config),
         Command::Promote(args) => args.run(config),
         Command::Rejoin(args) => args.run(config),

@@ -48,11 +48,19 @@ const STATUS_EXIT_STATUS: &str = ".TP\n.B 0\nOK.\n.TP\n.B 1\nWARNING.\n.TP\n.B 2
     for a usage or configuration error, or when run by anyone but root (to a monitoring system 2 would mean \
     CRITICAL).\n";
 
+/// `metrics` writes its file also after a config error, so Prometheus sees it: 2 does not mean
+/// "nothing was changed" there.
+const METRICS_EXIT_STATUS: &str = ".TP\n.B 0\nThe metrics were written (or printed), whatever health they report.\n\
+    .TP\n.B 1\nThe file could not be written.\n.TP\n.B 2\nUsage or configuration error; a configuration error \
+    still writes the file, with pgha_status 3 and pgha_cluster_up 0.\n";
+
 const FILES: &str = ".TP\n/etc/pgha/pgha.conf\nThe configuration, see pgha.conf(5).\n.TP\n\
     /etc/pgha/replication.password\nThe replication password, root, mode 0600.\n.TP\n\
     /var/lib/postgresql/.pgha.pgpass\nThe libpq passfile of the postgres user on standbys (replication.passfile).\n\
     .TP\n/lib/systemd/system/pgha\\-primary.service, pgha\\-standby.service, pgha\\-prune\\-archive.service, \
-    pgha\\-prune\\-archive.timer\nThe units that run pgha primary, pgha standby and pgha prune\\-archive.\n.TP\n\
+    pgha\\-prune\\-archive.timer, pgha\\-metrics.service, pgha\\-metrics.timer\nThe units that run pgha primary, \
+    pgha standby, pgha prune\\-archive and pgha metrics.\n.TP\n/var/lib/prometheus/node\\-exporter/pgha.prom\nThe metrics \
+    pgha metrics writes for node\\-exporter's textfile collector.\n.TP\n\
     /lib/systemd/system/postgresql@.service.d/pgha\\-fence.conf\nThe drop\\-in that runs pgha fence before every \
     cluster start.\n.TP\n/run/lock/pgha/\nOne lock per cluster.\n";
 
@@ -96,7 +104,12 @@ fn man_page(command: clap::Command, name: &str, invocation: &str) -> Result<Vec<
     }
     let is_status = name == "pgha-status";
     page.extend_from_slice(b".SH \"EXIT STATUS\"\n");
-    page.extend_from_slice(if is_status { STATUS_EXIT_STATUS } else { EXIT_STATUS }.as_bytes());
+    let exit_status = match name {
+        "pgha-status" => STATUS_EXIT_STATUS,
+        "pgha-metrics" => METRICS_EXIT_STATUS,
+        _ => EXIT_STATUS,
+    };
+    page.extend_from_slice(exit_status.as_bytes());
     if name == "pgha" {
         page.extend_from_slice(b".PP\npgha status uses the monitoring\\-plugin codes instead, see pgha\\-status(8).\n");
     }

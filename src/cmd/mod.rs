@@ -5,6 +5,7 @@ pub mod archive_wal;
 pub mod cleanup;
 pub mod fence;
 pub mod generate_docs;
+pub mod metrics;
 pub mod primary;
 pub mod promote;
 pub mod prune_archive;

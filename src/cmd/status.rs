@@ -29,6 +29,9 @@ use crate::tools::pg_lsclusters;
 use crate::tools::psql::{invoke_psql, query, Target};
 use crate::upstream::PrivatePassfile;
 
+/// The share of the data directory's filesystem the kept directories may take before WARNING.
+pub(crate) const DEFAULT_WARN_KEPT: u8 = 20;
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print JSON following docs/status-schema.json instead of a table
@@ -45,7 +48,7 @@ pub struct StatusArgs {
 
     /// WARNING when the directories pgha kept beside the data directory take more than this
     /// percentage of its filesystem
-    #[arg(long, value_name = "PERCENT", default_value_t = 20, value_parser = clap::value_parser!(u8).range(1..=100))]
+    #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_WARN_KEPT, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub warn_kept: u8,
 
     /// WARNING when the data directory's or the archive's filesystem has less than this
@@ -126,7 +129,8 @@ fn require_root(config_path: &Path) -> Result<()> {
     bail!("pgha status needs root and runs as {account}: it {unreadable}; {way_out}")
 }
 
-fn gather(config_path: &Path, limits: &Limits, free: FreeLimits, warn_kept: u8) -> Result<Report> {
+/// The report of this host, not yet finished; `pgha metrics` writes the same one.
+pub(crate) fn gather(config_path: &Path, limits: &Limits, free: FreeLimits, warn_kept: u8) -> Result<Report> {
     require_root(config_path)?;
     let Node { config, cluster } = Node::load(config_path)?;
     let online = pg_lsclusters::is_online(&cluster)?;

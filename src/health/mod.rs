@@ -8,6 +8,7 @@ use crate::debian::Cluster;
 use crate::render::standby_name;
 mod archive;
 mod plugin;
+mod prometheus;
 mod report;
 
 use crate::replication::{format_bytes, sender_lag, standby_lag, Health, Lag, LagLimit, Snapshot};
@@ -15,6 +16,7 @@ pub use archive::{describe_archive, judge_free_space, ArchiveFacts, FreeLimits};
 pub use plugin::format_plugin;
 #[cfg(test)]
 pub use plugin::plugin_grammar;
+pub use prometheus::format_metrics;
 pub use report::{ClusterReport, FilesystemReport, KeptReport, ReceiverReport, Report, SlotReport, StandbyReport};
 
 /// Limits in force: the defaults unless the admin gave some of that level.

@@ -16,7 +16,7 @@ fn run_with(config: &TestConfig, args: &[&str]) -> crate::common::PghaOutput {
 fn help_documents_exit_codes_and_subcommands() {
     let out = pgha_output(pgha(None).arg("--help"));
     assert_eq!(out.code, 0);
-    for needle in ["Exit codes:", "2  usage or configuration error", "primary", "render", "prune-archive"] {
+    for needle in ["Exit codes:", "2  usage or configuration error", "primary", "render", "prune-archive", "metrics"] {
         assert!(out.stdout.contains(needle), "--help lacks {needle:?}:\n{}", out.stdout);
     }
 }
@@ -85,6 +85,11 @@ fn man_pages_are_well_formed() {
     }
     let status = fs::read_to_string(dir.path().join("pgha-status.8")).unwrap();
     assert!(status.contains("UNKNOWN") && status.contains("status\\-schema.json"), "{status}");
+    let metrics = fs::read_to_string(dir.path().join("pgha-metrics.8")).unwrap();
+    for words in ["pgha_status 3", "pgha\\-metrics.timer", "node\\-exporter/pgha.prom", "The file could not be written"]
+    {
+        assert!(metrics.contains(words), "pgha-metrics(8) lacks {words}: {metrics}");
+    }
 }
 
 /// Each bad config yields exit 2 and a message with the file, the key and the bad value.

@@ -11,6 +11,7 @@ mod day2;
 mod fence;
 mod golden;
 mod kept;
+mod metrics;
 mod monitoring;
 mod primary;
 mod promote_guard;
