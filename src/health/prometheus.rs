@@ -150,6 +150,7 @@ pub fn format_metrics(report: &Report, now_unix: u64) -> String {
     slots(&mut exposition, report);
     receiver(&mut exposition, report);
     storage(&mut exposition, report);
+    archive(&mut exposition, report);
     exposition
         .gauge(
             "pgha_last_run_timestamp_seconds",
@@ -304,6 +305,46 @@ fn storage(exposition: &mut Exposition, report: &Report) {
         exposition
             .gauge("pgha_kept_age_seconds", "Seconds since pgha kept the directory.")
             .sample(labels, Some(kept.age_seconds));
+    }
+}
+
+fn archive(exposition: &mut Exposition, report: &Report) {
+    let Some(archive) = &report.archive else { return };
+    let labels: Labels = vec![("directory", archive.directory.clone())];
+    exposition
+        .gauge(
+            "pgha_archive_failing",
+            "1 while archive_command has failed since its last success: pg_wal keeps every later segment.",
+        )
+        .sample(labels.clone(), Some(archive.failing));
+    exposition
+        .gauge("pgha_archive_archived_count", "Segments archived since the statistics were reset (pg_stat_archiver).")
+        .sample(labels.clone(), Some(archive.archived_count));
+    exposition
+        .gauge("pgha_archive_failed_count", "Failed archive_command runs since the statistics were reset.")
+        .sample(labels.clone(), Some(archive.failed_count));
+    exposition
+        .gauge("pgha_archive_ready_segments", "Segments in pg_wal waiting to be archived.")
+        .sample(labels.clone(), Some(archive.ready_count));
+    exposition
+        .gauge("pgha_archive_last_archived_age_seconds", "Seconds since the last segment was archived.")
+        .sample(labels.clone(), archive.last_archived_age_seconds);
+    exposition
+        .gauge("pgha_archive_bytes", "Bytes the archive directory holds (archive.max_size caps it).")
+        .sample(labels.clone(), archive.bytes);
+    exposition
+        .gauge(
+            "pgha_archive_dropped_segments",
+            "Segments dropped instead of archived under archive.min_free, whose markers are still there.",
+        )
+        .sample(labels.clone(), archive.dropped);
+    if let Some(filesystem) = &archive.filesystem {
+        exposition
+            .gauge(
+                "pgha_archive_filesystem_free_bytes",
+                "Bytes free on the archive's filesystem, when it is not the data directory's.",
+            )
+            .sample(labels, Some(filesystem.free_bytes));
     }
 }
 
@@ -470,6 +511,35 @@ mod tests {
             assert_eq!(value(&text, &series).as_deref(), Some(expected), "{series}:\n{text}");
         }
         assert!(!text.contains("pgha_receiver"), "a primary has no WAL receiver:\n{text}");
+    }
+
+    #[test]
+    fn a_failing_archive_is_one_series_per_counter() {
+        let sample = include_str!("../../tests/data/status-primary-archive-failing-15.txt");
+        let config = Config::parse(Path::new("/etc/pgha/pgha.conf"), CONF).unwrap();
+        let snapshot = parse_snapshot(&crate::tools::psql::parse_rows(sample)).unwrap();
+        let mut report = Report::empty();
+        let facts = crate::health::ArchiveFacts {
+            directory: config.archive.directory.display().to_string(),
+            usage: Some(crate::files::archive::Usage { bytes: 16 << 20, files: 1, dropped: 0 }),
+            own_filesystem: None,
+        };
+        crate::health::describe_archive(&mut report, snapshot.archiver.as_ref().unwrap(), facts, Default::default());
+        let text = format_metrics(&report.finish(), NOW);
+        check_exposition(&text);
+        let labels = r#"{directory="/var/backups/pgsql/archive"}"#;
+        for (name, expected) in [
+            ("pgha_archive_failing", "1"),
+            ("pgha_archive_archived_count", "1"),
+            ("pgha_archive_failed_count", "3"),
+            ("pgha_archive_ready_segments", "1"),
+            ("pgha_archive_bytes", "16777216"),
+            ("pgha_archive_dropped_segments", "0"),
+        ] {
+            assert_eq!(value(&text, &format!("{name}{labels}")).as_deref(), Some(expected), "{name}:\n{text}");
+        }
+        assert!(value(&text, &format!("pgha_archive_last_archived_age_seconds{labels}")).is_some(), "{text}");
+        assert!(!text.contains("pgha_archive_filesystem"), "shares the data directory's filesystem:\n{text}");
     }
 
     #[test]
