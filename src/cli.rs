@@ -78,6 +78,12 @@ pub enum Command {
     /// <segment>.pgha-dropped file takes its place and `pgha status` warns. Exit 0 lets
     /// PostgreSQL recycle the segment; anything else makes it retry.
     ArchiveWal(crate::cmd::archive_wal::ArchiveWalArgs),
+    /// Save what pg_rewind is about to change (run by pgha rejoin as postgres)
+    #[command(hide = true)]
+    RewindSave(crate::cmd::rewind_save::RewindSaveArgs),
+    /// Put back what rewind-save saved (run by pgha rejoin --undo-rewind as postgres)
+    #[command(hide = true)]
+    RewindRestore(crate::cmd::rewind_save::RewindRestoreArgs),
     /// Show this host's role and replication health (monitoring-plugin exit codes)
     ///
     /// Changes nothing and takes no lock. Asks the local cluster and every member.

@@ -50,6 +50,8 @@ fn main() -> ExitCode {
         Command::Standby(args) => args.run(config),
         Command::PruneArchive(args) => args.run(config),
         Command::ArchiveWal(args) => args.run(config),
+        Command::RewindSave(args) => args.run(config),
+        Command::RewindRestore(args) => args.run(config),
         Command::Status(args) => args.run(config),
         Command::Metrics(args) => args.run(config),
         Command::Verify(args) => args.run(config),

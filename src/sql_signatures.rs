@@ -604,6 +604,8 @@ fn sent(source: &str, sql: impl Into<String>) -> Sent {
 /// a `*_sql` function or `*_SQL` constant in src/ that is missing here.
 const BUILDERS: &[&str] = &[
     "snapshot_sql",
+    "local_snapshot_sql",
+    "composed_snapshot_sql",
     "verify_sql",
     "ensure_slot_sql",
     "wal_receiver_sql",
@@ -658,6 +660,7 @@ fn built_statements(version: PgVersion) -> Vec<Sent> {
     let address: std::net::IpAddr = "10.0.0.2".parse().unwrap();
     let mut statements = vec![
         sent("replication::snapshot_sql", crate::replication::snapshot_sql(version)),
+        sent("replication::local_snapshot_sql", crate::replication::local_snapshot_sql(version)),
         sent("replication::ensure_slot_sql", crate::replication::ensure_slot_sql(slot, version)),
         sent("standby::streaming::wal_receiver_sql", crate::standby::streaming::wal_receiver_sql(version)),
         sent("standby::preflight::primary_facts_sql", preflight::primary_facts_sql(address)),

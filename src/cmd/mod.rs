@@ -11,6 +11,7 @@ pub mod promote;
 pub mod prune_archive;
 pub mod rejoin;
 pub mod render;
+pub mod rewind_save;
 pub mod standby;
 pub mod status;
 pub mod switchover;

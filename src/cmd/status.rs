@@ -24,7 +24,7 @@ use crate::health::{
 };
 use crate::members::find_primary;
 use crate::node::{find_local_address, Node};
-use crate::replication::{parse_snapshot, snapshot_sql, Health, LagLimit};
+use crate::replication::{local_snapshot_sql, parse_snapshot, Health, LagLimit};
 use crate::tools::pg_lsclusters;
 use crate::tools::psql::{invoke_psql, query, Target};
 use crate::upstream::PrivatePassfile;
@@ -70,7 +70,7 @@ impl StatusArgs {
     pub fn run(self, config_path: &Path) -> Result<i32> {
         if self.raw {
             let cluster = Node::load(config_path)?.cluster;
-            print!("{}", invoke_psql(&Target::local(&cluster), &snapshot_sql(cluster.version))?);
+            print!("{}", invoke_psql(&Target::local(&cluster), &local_snapshot_sql(cluster.version))?);
             return Ok(0);
         }
         let limits = Limits::new(&self.warn_lag, &self.crit_lag);
@@ -181,7 +181,7 @@ pub(crate) fn gather(config_path: &Path, limits: &Limits, free: FreeLimits, warn
         report.problem(Health::Critical, format!("cluster {} is down", cluster.id()));
         return Ok(report);
     }
-    let snapshot = parse_snapshot(&query(&Target::local(&cluster), &snapshot_sql(cluster.version))?)?;
+    let snapshot = parse_snapshot(&query(&Target::local(&cluster), &local_snapshot_sql(cluster.version))?)?;
     describe(&mut report, &config, &cluster, &snapshot, limits);
     if let (Some(archiver), true) = (&snapshot.archiver, config.archive.enabled) {
         describe_archive(&mut report, archiver, archive_facts(&config.archive.directory, &cluster.data_dir), free);

@@ -17,7 +17,9 @@ mod snapshot;
 pub use crate::size::format_bytes;
 pub use lag::{sender_lag, standby_lag, Health, Lag, LagLimit};
 use snapshot::wal_names;
-pub use snapshot::{parse_snapshot, snapshot_sql, Archiver, Progress, Receiver, Snapshot, WalSender};
+pub use snapshot::{
+    local_snapshot_sql, parse_snapshot, snapshot_sql, Archiver, Progress, Receiver, Snapshot, WalSender,
+};
 
 /// A WAL position, printed as PostgreSQL prints pg_lsn ("16/B374D848").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

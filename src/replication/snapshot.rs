@@ -42,6 +42,17 @@ const SNAPSHOT_COLUMNS: usize = 10;
 /// statements with a bare newline, which could not be told apart from data), every row tagged
 /// with its kind and padded to the same width, so the parser needs no knowledge of the version.
 pub fn snapshot_sql(version: PgVersion) -> String {
+    composed_snapshot_sql(version, false)
+}
+
+/// `snapshot_sql` plus the archiver's state, for this host's own cluster only: counting the
+/// segments waiting in pg_wal takes pg_ls_dir, which only a superuser may call before 12, and
+/// pgha asks its own cluster as postgres but the other members as the replication role.
+pub fn local_snapshot_sql(version: PgVersion) -> String {
+    composed_snapshot_sql(version, true)
+}
+
+fn composed_snapshot_sql(version: PgVersion, archiver: bool) -> String {
     let WalNames { current_lsn, receive_lsn, replay_lsn, column } = wal_names(version);
     let replay_lag = if version.has_wal_names() { "extract(epoch FROM replay_lag)::text" } else { "''" };
     let wal_status = if version >= PgVersion::new(13, 0) { "wal_status" } else { "''" };
@@ -95,23 +106,25 @@ pub fn snapshot_sql(version: PgVersion) -> String {
     // Only a primary archives (archive_mode = on); the .ready files are segments still waiting.
     let wal_dir = if version.has_wal_names() { "pg_wal" } else { "pg_xlog" };
     let age = |column: &str| format!("coalesce(extract(epoch FROM now() - {column})::text, '')");
-    parts.push((
-        vec![
-            "'archiver'".to_string(),
-            "current_setting('archive_mode')".into(),
-            "archived_count".into(),
-            "coalesce(last_archived_wal, '')".into(),
-            age("last_archived_time"),
-            "failed_count".into(),
-            "coalesce(last_failed_wal, '')".into(),
-            age("last_failed_time"),
-            format!(
-                "coalesce(array_length(array_remove(ARRAY(SELECT substring(pg_ls_dir('{wal_dir}/archive_status'), \
+    if archiver {
+        parts.push((
+            vec![
+                "'archiver'".to_string(),
+                "current_setting('archive_mode')".into(),
+                "archived_count".into(),
+                "coalesce(last_archived_wal, '')".into(),
+                age("last_archived_time"),
+                "failed_count".into(),
+                "coalesce(last_failed_wal, '')".into(),
+                age("last_failed_time"),
+                format!(
+                    "coalesce(array_length(array_remove(ARRAY(SELECT substring(pg_ls_dir('{wal_dir}/archive_status'), \
                  '\\.ready$')), NULL), 1), 0)"
-            ),
-        ],
-        "FROM pg_stat_archiver WHERE NOT pg_is_in_recovery()",
-    ));
+                ),
+            ],
+            "FROM pg_stat_archiver WHERE NOT pg_is_in_recovery()",
+        ));
+    }
     // pg_stat_wal_receiver arrived in 9.6; sender_host/sender_port in 11.
     if version >= PgVersion::new(9, 6) {
         let (host, port) = if version >= PgVersion::new(11, 0) {
@@ -375,7 +388,11 @@ mod tests {
         assert!(!snapshot_sql(PgVersion::new(9, 5)).contains("pg_stat_wal_receiver"));
         assert!(snapshot_sql(PgVersion::new(15, 0)).contains("replay_lsn"));
         assert!(snapshot_sql(PgVersion::new(15, 0)).contains("sender_host"));
-        assert!(snapshot_sql(PgVersion::new(9, 6)).contains("'pg_xlog/archive_status'"));
-        assert!(snapshot_sql(PgVersion::new(10, 0)).contains("'pg_wal/archive_status'"));
+        assert!(local_snapshot_sql(PgVersion::new(9, 6)).contains("'pg_xlog/archive_status'"));
+        assert!(local_snapshot_sql(PgVersion::new(10, 0)).contains("'pg_wal/archive_status'"));
+        assert!(
+            !snapshot_sql(PgVersion::new(15, 0)).contains("pg_ls_dir"),
+            "the other members answer the replication role"
+        );
     }
 }

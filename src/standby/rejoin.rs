@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 
 use crate::standby::clone::{clone_standby, CloneReport};
 use crate::standby::preflight::{identify_primary, preflight};
-use crate::standby::rewind::{rewind, rewind_obstacle, Rewound};
+use crate::standby::rewind::{rewind, rewind_obstacle, Keep, RewindOutcome, Rewound};
 use crate::standby::slots::ensure_slot;
 use crate::standby::streaming::wait_streaming_from_primary;
 use crate::standby::StandbyContext;
@@ -19,8 +19,10 @@ const RECONNECT_PATIENCE: Duration = Duration::from_secs(5);
 
 pub struct RejoinOptions {
     pub full_clone: bool,
-    pub keep_copy: bool,
+    pub keep: Keep,
     pub timeout: Duration,
+    /// Rewind and configure, but leave the cluster stopped (the saved set can still undo it).
+    pub start: bool,
 }
 
 pub enum Rejoined {
@@ -59,18 +61,28 @@ pub fn rejoin(context: &StandbyContext, options: &RejoinOptions) -> Result<Rejoi
         rewind_obstacle(context.cluster, &primary)?
     };
     match why_not {
-        None => match rewind(context, &primary, &passfile.path, options.timeout, options.keep_copy) {
-            Ok(rewound) => return Ok(Rejoined::Rewound { rewound, elapsed: started.elapsed() }),
+        None => match rewind(context, &primary, &passfile.path, options.timeout, options.keep, options.start) {
+            Ok(RewindOutcome::Rewound(rewound)) => {
+                return Ok(Rejoined::Rewound { rewound, elapsed: started.elapsed() })
+            }
+            Ok(RewindOutcome::CloneCheaper(reason)) if options.start => {
+                log::info!("cloning in full instead of pg_rewind: {reason}")
+            }
+            Ok(RewindOutcome::CloneCheaper(reason)) => {
+                bail!("--no-start needs pg_rewind, and a full clone is the cheaper way here: {reason}")
+            }
             Err(error) if crate::signals::is_interrupted(&error) => {
                 return Err(error.context(format!(
                     "rejoin stopped during the rewind: cluster {} is left stopped, and what its data directory \
-                     held before is kept beside it (.pgha-old-*, .pgha-fork-*); run `pgha rejoin` again, it \
+                     held before is kept beside it (.pgha-fork-*, .pgha-old-*); run `pgha rejoin` again, it \
                      rewinds or clones from where this stopped",
                     context.cluster.id()
                 )))
             }
+            Err(error) if !options.start => return Err(error),
             Err(error) => log::warn!("pg_rewind did not work, falling back to a full clone: {error:#}"),
         },
+        Some(reason) if !options.start => bail!("--no-start needs pg_rewind: {reason}"),
         Some(reason) => log::info!("not using pg_rewind: {reason}; cloning in full"),
     }
     let report = clone_standby(context, &primary, options.timeout)?;

@@ -1,14 +1,15 @@
 //! pg_rewind for a former primary: bring it to a clean shutdown without ever letting it accept
-//! writes, keep what the rewind would destroy (the diverged WAL, and by default a copy of the
-//! whole data directory), rewind, configure it as a standby, start it and wait for streaming.
+//! writes, keep what the rewind would destroy, rewind, configure it as a standby, start it and
+//! wait for streaming; or clone instead when the rewind would cost more.
 //!
-//! What is kept: pg_rewind rewrites the data directory in place, so before a rewind that changes
-//! anything pgha copies the whole data directory to `<datadir>.pgha-old-<timestamp>`, as
-//! `pgha standby` keeps the directory it replaces: nothing is lost, and a rewind that fails
-//! half-way cannot take the only copy with it. Without that copy pgha keeps only what the rewind
-//! throws away (the WAL this host wrote after the servers diverged, the transactions the new
-//! primary never received) in `<datadir>.pgha-fork-<timestamp>/` with pg_rewind's report;
-//! inspect it with pg_waldump. The fork is saved in both cases.
+//! What is kept, in `<datadir>.pgha-fork-<timestamp>/`: the WAL this host wrote after the servers
+//! diverged (the transactions the new primary never received; inspect it with pg_waldump) with
+//! pg_rewind's reports, and by default, in its `before-rewind/`, everything pg_rewind is about to
+//! overwrite, truncate or remove, as its dry run lists it (`files::rewind_save`): enough to put
+//! the data directory back bit for bit until the rewound cluster first starts. A rewind that
+//! fails is put back at once, before the full clone it falls back to keeps the directory aside.
+//! When the dry run's file map cannot be saved that way, the whole data directory is copied to
+//! `<datadir>.pgha-old-<timestamp>` instead, as before.
 
 use std::fs;
 use std::path::Path;
@@ -18,8 +19,10 @@ use anyhow::{bail, Result};
 
 use crate::debian::{log_tail, Cluster};
 use crate::files::datadir::{add_note, copy_aside, create_fork_dir};
+use crate::files::rewind_save::{self, Manifest, Saved};
 use crate::files::secure::read_text_capped;
 use crate::replication::Lsn;
+use crate::size::format_bytes;
 use crate::standby::clone::configure_in_place;
 use crate::standby::preflight::PrimaryFacts;
 use crate::standby::slots::drop_stale_slots;
@@ -28,9 +31,9 @@ use crate::standby::StandbyContext;
 use crate::tools::pg_controldata::{self, ControlData};
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
 use crate::tools::pg_lsclusters::is_online;
-use crate::tools::pg_rewind::{self, invoke_pg_rewind, RewindPlan};
+use crate::tools::pg_rewind::{self, invoke_pg_rewind, is_debug_listing, parse_file_map, RewindPlan, RewindReport};
 use crate::tools::psql::{query, wait_until_ready, Target};
-use crate::tools::{copy_as_postgres, poll_until};
+use crate::tools::{copy_as_postgres, output_tracked, poll_until, postgres_command};
 use crate::upstream::primary_client_conninfo;
 use crate::version::PgVersion;
 
@@ -63,13 +66,10 @@ pub fn parse_rewind_obstacle(control: &ControlData) -> Option<String> {
 /// WAL segment files (24 hex digits) from the one holding `from` to the one holding `to`, on any timeline;
 /// none for a segment size of 0, which no pg_control holds.
 pub fn segments_between(names: &[String], from: Lsn, to: Lsn, segment_bytes: u64) -> Vec<String> {
-    let Some(per_xlogid) = 0x1_0000_0000_u64.checked_div(segment_bytes) else { return Vec::new() };
-    let (first, last) = (from.0 / segment_bytes, to.0 / segment_bytes);
-    let number = |name: &str| {
-        let high = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
-        let low = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
-        high.checked_mul(per_xlogid)?.checked_add(low)
+    let (Some(first), Some(last)) = (from.0.checked_div(segment_bytes), to.0.checked_div(segment_bytes)) else {
+        return Vec::new();
     };
+    let number = |name: &str| segment_number(name, segment_bytes);
     let mut chosen: Vec<String> = names
         .iter()
         .filter(|name| name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit()))
@@ -78,6 +78,28 @@ pub fn segments_between(names: &[String], from: Lsn, to: Lsn, segment_bytes: u64
         .collect();
     chosen.sort();
     chosen
+}
+
+/// Whether `path` is a WAL segment from before the servers diverged at `diverged` on `timeline`:
+/// both hold the same bytes there (the standby received them), so pg_rewind's copy of it changes
+/// nothing. Segments of earlier timelines are all from before.
+pub fn wal_before_divergence(path: &str, diverged: Lsn, timeline: u32, segment_bytes: u64) -> bool {
+    let Some(name) = path.strip_prefix("pg_wal/").or_else(|| path.strip_prefix("pg_xlog/")) else { return false };
+    if name.len() != 24 || !name.chars().all(|c| c.is_ascii_hexdigit()) {
+        return false;
+    }
+    let Ok(segment_timeline) = u32::from_str_radix(&name[..8], 16) else { return false };
+    let Some(number) = segment_number(name, segment_bytes) else { return false };
+    let Some(diverged_number) = diverged.0.checked_div(segment_bytes) else { return false };
+    segment_timeline < timeline || (segment_timeline == timeline && number < diverged_number)
+}
+
+/// A segment file's position in the WAL, counted in segments.
+fn segment_number(name: &str, segment_bytes: u64) -> Option<u64> {
+    let per_xlogid = 0x1_0000_0000_u64.checked_div(segment_bytes)?;
+    let high = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+    let low = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+    high.checked_mul(per_xlogid)?.checked_add(low)
 }
 
 /// Brings the local cluster to a clean shutdown, the state pg_rewind needs, without ever letting
@@ -137,16 +159,76 @@ pub fn parse_proc_state(stat: &str) -> Option<char> {
 pub struct Rewound {
     pub fork_note: Option<String>,
     pub streaming: bool,
+    /// Left stopped on request (`--no-start`): the saved set can still put it back.
+    pub started: bool,
 }
 
-/// pg_rewind into place, standby configuration, start, wait for streaming.
+/// A rewind done, or the reason a full clone is the cheaper way.
+pub enum RewindOutcome {
+    Rewound(Rewound),
+    CloneCheaper(String),
+}
+
+/// How the rewind keeps what it destroys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// The files and blocks pg_rewind changes (the default).
+    Changed,
+    /// Only the diverged WAL.
+    ForkOnly,
+}
+
+/// The save of what pg_rewind changes, planned from its dry run: what it will cost, and the
+/// manifest the save writes. None when the map names something that cannot be saved that way.
+fn plan_save(
+    cluster: &Cluster,
+    dry: &RewindReport,
+    control: &ControlData,
+    diverged: (Lsn, u32),
+) -> Option<(Manifest, u64)> {
+    let data_dir = &cluster.data_dir;
+    let block_bytes = control.block_bytes;
+    if dry.file_map.is_empty() {
+        log::warn!("pg_rewind's dry run listed no file map: copying the whole data directory instead");
+        return None;
+    }
+    let as_is = |path: &str| wal_before_divergence(path, diverged.0, diverged.1, control.segment_bytes);
+    match rewind_save::plan(&dry.file_map, |path| rewind_save::found_at(&data_dir.join(path)), as_is) {
+        Ok(entries) => {
+            let bytes = rewind_save::planned_bytes(&entries, rewind_save::size_at(data_dir), block_bytes);
+            Some((Manifest { block_size: block_bytes, entries, not_covered: Vec::new() }, bytes))
+        }
+        Err(error) => {
+            log::warn!("{error:#}: copying the whole data directory instead");
+            None
+        }
+    }
+}
+
+/// Whether a full clone is cheaper than copying what the dry run lists plus saving what it
+/// changes; the sizes are pg_rewind's own (it reads the source's). None: rewind.
+pub fn clone_is_cheaper(copy_bytes: Option<u64>, source_bytes: Option<u64>, save_bytes: u64) -> Option<String> {
+    let (copy, source) = (copy_bytes?, source_bytes?);
+    (copy.saturating_add(save_bytes) > source).then(|| {
+        format!(
+            "pg_rewind would copy {} and pgha would save {} before it, more than the {} a full clone copies",
+            format_bytes(copy),
+            format_bytes(save_bytes),
+            format_bytes(source)
+        )
+    })
+}
+
+/// pg_rewind into place, standby configuration, start (unless `start` is false), wait for
+/// streaming; or the reason to clone instead, decided before anything changed.
 pub fn rewind(
     context: &StandbyContext,
     primary: &PrimaryFacts,
     passfile: &Path,
     timeout: Duration,
-    keep_copy: bool,
-) -> Result<Rewound> {
+    keep: Keep,
+    start: bool,
+) -> Result<RewindOutcome> {
     let cluster = context.cluster;
     shut_down_cleanly(context, primary)?;
     let conninfo = primary_client_conninfo(context.config, context.primary, passfile, primary.version, "postgres");
@@ -165,6 +247,19 @@ pub fn rewind(
     }
     let mut fork_note = None;
     if let RewindPlan::Diverged { lsn, timeline } = dry.plan {
+        let control = pg_controldata::read(cluster.version, &cluster.data_dir)?;
+        let save_plan = match keep {
+            Keep::Changed => plan_save(cluster, &dry, &control, (lsn, timeline)),
+            Keep::ForkOnly => None,
+        };
+        let save_bytes = match (&save_plan, keep) {
+            (Some((_, bytes)), _) => *bytes,
+            (None, Keep::Changed) => crate::files::datadir::dir_size(&cluster.data_dir),
+            (None, Keep::ForkOnly) => 0,
+        };
+        if let Some(reason) = clone_is_cheaper(dry.copy_bytes, dry.source_bytes, save_bytes) {
+            return Ok(RewindOutcome::CloneCheaper(reason));
+        }
         let fork = save_diverged_wal(cluster, lsn, &dry.text)?;
         fork_note = Some(format!(
             "this host had diverged from {} at {lsn} on timeline {timeline}; what it wrote after that point is not \
@@ -172,27 +267,124 @@ pub fn rewind(
             context.primary,
             fork.display()
         ));
-        if keep_copy {
-            let copy = copy_aside(&cluster.data_dir)?;
-            fork_note = fork_note
-                .map(|note| format!("{note}; the whole data directory as it was is kept in {}", copy.display()));
-        }
+        let saved = match (save_plan, keep) {
+            (Some((manifest, _)), _) => {
+                let saved = fork.join(BEFORE_REWIND);
+                let report = save_changed(cluster, &saved, &manifest)?;
+                fork_note = fork_note.map(|note| {
+                    format!(
+                        "{note}; what pg_rewind changed is saved in {} ({} files, {}{})",
+                        saved.display(),
+                        report.0,
+                        format_bytes(report.1),
+                        if report.2 > 0 { format!(", {} of them reflinked", report.2) } else { String::new() }
+                    )
+                });
+                Some((saved, manifest))
+            }
+            (None, Keep::Changed) => {
+                let copy = copy_aside(&cluster.data_dir)?;
+                fork_note = fork_note
+                    .map(|note| format!("{note}; the whole data directory as it was is kept in {}", copy.display()));
+                None
+            }
+            (None, Keep::ForkOnly) => None,
+        };
         log::info!("running pg_rewind from {}", context.primary);
-        let output = invoke_pg_rewind(cluster, &conninfo, false)?;
+        let output = match invoke_pg_rewind(cluster, &conninfo, false) {
+            Ok(output) => output,
+            Err(error) => {
+                if let Some((saved, _)) = &saved {
+                    log::warn!("pg_rewind failed: putting back what it changed, from {}", saved.display());
+                    if let Err(restore) = restore_changed(cluster, saved) {
+                        return Err(
+                            error.context(format!("and putting the data directory back failed too: {restore:#}"))
+                        );
+                    }
+                    return Err(error.context(format!(
+                        "pg_rewind failed; the data directory is back as it was before (from {})",
+                        saved.display()
+                    )));
+                }
+                return Err(error);
+            }
+        };
         add_note(&fork, "pg_rewind.log", &output)?;
-        for line in output.lines().filter(|line| !line.trim().is_empty()) {
+        for line in output.lines().filter(|line| !line.trim().is_empty() && !is_debug_listing(line)) {
             log::info!("{}", line.trim());
+        }
+        if let Some((_, manifest)) = &saved {
+            let missing = not_covered(manifest, &output);
+            if !missing.is_empty() {
+                log::warn!(
+                    "pg_rewind changed {} path(s) its dry run had not listed (the primary changed meanwhile): the saved \
+                     set cannot put those back: {}",
+                    missing.len(),
+                    missing.join(", ")
+                );
+                add_note(&fork, "not-saved.txt", &(missing.join("\n") + "\n"))?;
+            }
         }
     } else {
         log::info!("pg_rewind: no rewind required, this cluster is behind the primary's history");
     }
     configure_in_place(context, &primary.system_identifier, primary.max_wal_senders)?;
+    if !start {
+        return Ok(RewindOutcome::Rewound(Rewound { fork_note, streaming: false, started: false }));
+    }
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.primary);
     let started_as = invoke_pg_ctlcluster(cluster, ClusterAction::Start)
         .and_then(|()| confirm_standby(context, timeout))
         .inspect_err(|_| eprintln!("{}", log_tail(cluster, 20)))?;
     drop_stale_slots(context)?;
-    Ok(Rewound { fork_note, streaming: started_as == StandbyStarted::Streaming })
+    Ok(RewindOutcome::Rewound(Rewound { fork_note, streaming: started_as == StandbyStarted::Streaming, started: true }))
+}
+
+/// The saved set's directory inside the fork.
+pub const BEFORE_REWIND: &str = "before-rewind";
+
+/// Paths the real run changed that the saved set does not cover.
+fn not_covered(manifest: &Manifest, real_run: &str) -> Vec<String> {
+    let covered: std::collections::BTreeSet<&str> = manifest.entries.iter().map(Saved::path).collect();
+    let mut missing: Vec<String> = parse_file_map(real_run)
+        .into_iter()
+        .filter(|entry| entry.action != pg_rewind::FileAction::None || !entry.blocks.is_empty())
+        .filter(|entry| entry.action != pg_rewind::FileAction::Create)
+        .filter(|entry| !covered.contains(entry.path.as_str()))
+        .map(|entry| entry.path)
+        .collect();
+    missing.dedup();
+    missing
+}
+
+/// Runs pgha itself as postgres to save `manifest`'s entries into `into`: files, blocks, sizes.
+fn save_changed(cluster: &Cluster, into: &Path, manifest: &Manifest) -> Result<(u64, u64, u64)> {
+    let mut command = postgres_command(&crate::host::pgha_program().display().to_string())?;
+    command.arg("rewind-save").arg("--data-dir").arg(&cluster.data_dir).arg("--into").arg(into);
+    let output = output_tracked(&mut command, "pgha rewind-save", Some(&serde_json::to_vec(manifest)?))?;
+    if !output.status.success() {
+        bail!("saving what pg_rewind changes failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let number = |key: &str| report[key].as_u64().unwrap_or(0);
+    log::info!(
+        "saved what pg_rewind will change in {}: {} files, {}",
+        into.display(),
+        number("files"),
+        format_bytes(number("bytes"))
+    );
+    Ok((number("files"), number("bytes"), number("cloned")))
+}
+
+/// Runs pgha itself as postgres to put back what `save_changed` saved in `from`.
+pub fn restore_changed(cluster: &Cluster, from: &Path) -> Result<()> {
+    let mut command = postgres_command(&crate::host::pgha_program().display().to_string())?;
+    command.arg("rewind-restore").arg("--data-dir").arg(&cluster.data_dir).arg("--from").arg(from);
+    let output = output_tracked(&mut command, "pgha rewind-restore", None)?;
+    if !output.status.success() {
+        bail!("putting back {} failed: {}", from.display(), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
 }
 
 /// Copies this host's WAL from the divergence point to its end into `<datadir>.pgha-fork-<ts>`.
@@ -240,6 +432,21 @@ mod tests {
         assert_eq!(picked, ["000000010000000000000003", "000000010000000000000004"]);
         let far = segments_between(&names, "0/FF000000".parse().unwrap(), "1/10".parse().unwrap(), segment);
         assert_eq!(far, ["000000010000000100000000"]);
+    }
+
+    #[test]
+    fn only_wal_from_before_the_divergence_is_rewritten_as_is() {
+        let segment = 16 << 20;
+        let diverged: Lsn = "0/4000060".parse().unwrap();
+        let before = |path: &str| wal_before_divergence(path, diverged, 2, segment);
+        assert!(before("pg_wal/000000020000000000000003"));
+        assert!(before("pg_wal/000000010000000000000009"), "an earlier timeline");
+        assert!(!before("pg_wal/000000020000000000000004"), "the segment it diverged in");
+        assert!(!before("pg_wal/000000020000000000000005"));
+        assert!(!before("pg_wal/000000030000000000000001"), "a later timeline");
+        assert!(!before("pg_wal/00000002.history"));
+        assert!(!before("base/1/000000010000000000000001"));
+        assert!(!wal_before_divergence("pg_wal/000000020000000000000003", diverged, 2, 0));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct ControlData {
     pub wal_log_hints: bool,
     pub checksums: bool,
     pub segment_bytes: u64,
+    /// BLCKSZ: the unit pg_rewind's block numbers count in.
+    pub block_bytes: u64,
 }
 
 impl ControlData {
@@ -71,6 +73,15 @@ pub fn parse_controldata(output: &str) -> Result<ControlData> {
             .filter(|bytes| bytes.is_power_of_two() && (1 << 20..=1 << 30).contains(bytes))
             .with_context(|| format!("\"Bytes per WAL segment\" is {value:?}, not a WAL segment size"))?,
     };
+    // PostgreSQL builds with a power of two from 1 kB to 32 kB; 8 kB unless configured otherwise.
+    let block_bytes = match fields.get("Database block size") {
+        None => 8192,
+        Some(value) => value
+            .parse::<u64>()
+            .ok()
+            .filter(|bytes| bytes.is_power_of_two() && (1 << 10..=1 << 15).contains(bytes))
+            .with_context(|| format!("\"Database block size\" is {value:?}, not a block size"))?,
+    };
     Ok(ControlData {
         system_identifier: text("Database system identifier")?.to_string(),
         state: text("Database cluster state")?.to_string(),
@@ -87,6 +98,7 @@ pub fn parse_controldata(output: &str) -> Result<ControlData> {
         wal_log_hints: fields.get("wal_log_hints setting") == Some(&"on"),
         checksums: fields.get("Data page checksum version").is_some_and(|version| *version != "0"),
         segment_bytes,
+        block_bytes,
     })
 }
 
@@ -116,6 +128,7 @@ mod tests {
         );
         assert!(!control.wal_log_hints && !control.checksums);
         assert_eq!(control.segment_bytes, 16 << 20);
+        assert_eq!(control.block_bytes, 8192);
     }
 
     #[test]

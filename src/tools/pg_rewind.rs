@@ -20,8 +20,37 @@ pub struct RewindReport {
     /// pg_rewind found both servers on the same timeline by their pg_control: a freshly promoted
     /// source whose first checkpoint has not finished yet looks like that too.
     pub same_timeline: bool,
+    /// What it copies from the source, and the source's whole size ("need to copy N MB (total
+    /// source directory size is M MB)", printed with --progress).
+    pub copy_bytes: Option<u64>,
+    pub source_bytes: Option<u64>,
+    /// Its file map (printed with --debug): every target file it will change.
+    pub file_map: Vec<FileEntry>,
     /// The whole output, kept beside the saved fork.
     pub text: String,
+}
+
+/// What pg_rewind does to one path of the target (its filemap's actions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileAction {
+    /// Nothing to the file as a whole; the listed blocks, if any, are overwritten from the source.
+    None,
+    /// Overwritten (or created) with the source's copy.
+    Copy,
+    /// Extended with the source's tail; what the target held stays.
+    CopyTail,
+    Truncate,
+    Remove,
+    /// A directory (or link) created.
+    Create,
+}
+
+/// One entry of pg_rewind's file map, with the blocks it overwrites.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileEntry {
+    pub path: String,
+    pub action: FileAction,
+    pub blocks: Vec<u32>,
 }
 
 pub fn parse_rewind_output(output: &str) -> Option<RewindReport> {
@@ -34,7 +63,63 @@ pub fn parse_rewind_output(output: &str) -> Option<RewindReport> {
         let timeline = rest.split("on timeline ").nth(1)?.split_whitespace().next()?.parse().ok()?;
         RewindPlan::Diverged { lsn, timeline }
     };
-    Some(RewindReport { plan, same_timeline, text: output.to_string() })
+    let (copy_bytes, source_bytes) = parse_copy_sizes(output).unzip();
+    Some(RewindReport {
+        plan,
+        same_timeline,
+        copy_bytes,
+        source_bytes,
+        file_map: parse_file_map(output),
+        text: output.to_string(),
+    })
+}
+
+/// "need to copy 48 MB (total source directory size is 67 MB)", in bytes.
+fn parse_copy_sizes(output: &str) -> Option<(u64, u64)> {
+    let rest = output.split("need to copy ").nth(1)?;
+    let copy: u64 = rest.split_whitespace().next()?.parse().ok()?;
+    let total: u64 = rest.split("total source directory size is ").nth(1)?.split_whitespace().next()?.parse().ok()?;
+    Some((copy << 20, total << 20))
+}
+
+/// Whether a line of pg_rewind's output belongs to its debug listing (file map, blocks, chunks),
+/// which is long and for the saved report, not for the log.
+pub fn is_debug_listing(line: &str) -> bool {
+    let text = line.strip_prefix("pg_rewind:").unwrap_or(line).trim();
+    let text = text.strip_prefix("debug:").unwrap_or(text).trim();
+    text.starts_with("block ") || text.starts_with("received chunk") || !parse_file_map(text).is_empty()
+}
+
+/// The file map of pg_rewind's debug output: `path (ACTION)` lines, each followed by the
+/// `block N` lines of the blocks it overwrites. The message prefix differs between versions
+/// ("pg_rewind: ", "pg_rewind: debug: " or none), so it is taken off whatever it is.
+pub fn parse_file_map(output: &str) -> Vec<FileEntry> {
+    let mut entries: Vec<FileEntry> = Vec::new();
+    for line in output.lines() {
+        let text = line.strip_prefix("pg_rewind:").unwrap_or(line).trim();
+        let text = text.strip_prefix("debug:").unwrap_or(text).trim();
+        if let Some(block) = text.strip_prefix("block ") {
+            if let (Ok(block), Some(entry)) = (block.trim().parse::<u32>(), entries.last_mut()) {
+                entry.blocks.push(block);
+            }
+            continue;
+        }
+        let Some((path, action)) = text.rsplit_once(" (") else { continue };
+        let action = match action {
+            "NONE)" => FileAction::None,
+            "COPY)" => FileAction::Copy,
+            "COPY_TAIL)" => FileAction::CopyTail,
+            "TRUNCATE)" => FileAction::Truncate,
+            "REMOVE)" => FileAction::Remove,
+            "CREATE)" => FileAction::Create,
+            _ => continue,
+        };
+        if path.is_empty() {
+            continue;
+        }
+        entries.push(FileEntry { path: path.to_string(), action, blocks: Vec::new() });
+    }
+    entries
 }
 
 /// Runs pg_rewind as postgres on the cluster's data directory from `source_conninfo`.
@@ -44,10 +129,11 @@ pub fn invoke_pg_rewind(cluster: &Cluster, source_conninfo: &str, dry_run: bool)
         .arg(format!("--target-pgdata={}", cluster.data_dir.display()))
         .arg(format!("--source-server={source_conninfo}"));
     crate::signals::hand_lock_to(&mut command);
+    // --progress prints what it copies, --debug its file map: the dry run's figures decide between
+    // rewind and clone, and the real run's file map is checked against what was saved.
+    command.args(["--progress", "--debug"]);
     if dry_run {
         command.arg("--dry-run");
-    } else {
-        command.arg("--progress");
     }
     let output = output_tracked(&mut command, "pg_rewind", None)?;
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -78,5 +164,39 @@ mod tests {
         assert_eq!(same.plan, RewindPlan::NotNeeded);
         assert!(same.same_timeline);
         assert_eq!(parse_rewind_output("pg_rewind: fatal: could not connect"), None);
+    }
+
+    #[test]
+    fn reads_the_file_map_and_sizes_of_a_saved_debug_dry_run() {
+        let report = parse_rewind_output(include_str!("../../tests/data/pg_rewind-15-dry-run-debug.txt")).unwrap();
+        assert_eq!((report.copy_bytes, report.source_bytes), (Some(48 << 20), Some(67 << 20)));
+        let count = |action: FileAction| report.file_map.iter().filter(|entry| entry.action == action).count();
+        assert_eq!((count(FileAction::Copy), count(FileAction::Remove), count(FileAction::Truncate)), (247, 10, 1));
+        let truncated = report.file_map.iter().find(|entry| entry.action == FileAction::Truncate).unwrap();
+        assert_eq!(truncated.path, "base/5/16384");
+        assert_eq!((truncated.blocks.len(), truncated.blocks.first()), (1680, Some(&0)));
+        let overwritten: Vec<&FileEntry> = report
+            .file_map
+            .iter()
+            .filter(|entry| entry.action == FileAction::None && !entry.blocks.is_empty())
+            .collect();
+        assert!(!overwritten.is_empty());
+        assert!(report.file_map.iter().any(|entry| entry.path == "pg_wal/000000010000000000000001"));
+        assert!(report.file_map.iter().all(|entry| !entry.path.starts_with("received")), "chunk lines are no entries");
+    }
+
+    #[test]
+    fn older_prefixes_read_the_same() {
+        let map = parse_file_map(
+            "base/1/2 (NONE)\n  block 3\n  block 4\npg_rewind: debug: global/x (COPY)\nbase/1 (CREATE)\n",
+        );
+        assert_eq!(
+            map,
+            [
+                FileEntry { path: "base/1/2".into(), action: FileAction::None, blocks: vec![3, 4] },
+                FileEntry { path: "global/x".into(), action: FileAction::Copy, blocks: vec![] },
+                FileEntry { path: "base/1".into(), action: FileAction::Create, blocks: vec![] },
+            ]
+        );
     }
 }

@@ -218,11 +218,12 @@ fn failover_rewinds_the_old_primary_and_keeps_its_fork_aside() {
     let saved: Vec<String> =
         fs::read_dir(&forks[0]).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert!(saved.iter().any(|name| name.len() == 24), "WAL segments saved: {saved:?}");
-    // The whole data directory as it was before pg_rewind is kept too, with the fork's rows in it.
-    let copies = dirs_with_suffix(a, ".pgha-old-");
-    assert_eq!(copies.len(), 1, "a copy of the data directory is kept before the rewind: {copies:?}");
-    assert!(rejoined.stdout.contains(&copies[0].display().to_string()), "the copy is reported: {}", rejoined.stdout);
-    assert!(copies[0].join("global/pg_control").is_file() && copies[0].join("PG_VERSION").is_file());
+    // What pg_rewind changed is saved in the fork, not a copy of the whole data directory.
+    let before = forks[0].join("before-rewind");
+    assert!(before.join("manifest.json").is_file(), "the saved set is complete: {saved:?}");
+    assert!(before.join("files/global/pg_control").is_file());
+    assert!(rejoined.stdout.contains(&before.display().to_string()), "the saved set is reported: {}", rejoined.stdout);
+    assert!(dirs_with_suffix(a, ".pgha-old-").is_empty(), "no copy of the whole data directory");
 
     write(b, "4-after-rejoin", 20);
     a.wait_for("SELECT count(*) FROM stages", "150", WAIT);

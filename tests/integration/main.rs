@@ -15,6 +15,7 @@ mod metrics;
 mod monitoring;
 mod primary;
 mod promote_guard;
+mod rewind_undo;
 mod secrets;
 mod standby;
 mod switchover;
