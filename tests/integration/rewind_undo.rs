@@ -36,17 +36,16 @@ fn checksums(dir: &Path) -> BTreeMap<PathBuf, String> {
     found
 }
 
-#[test]
-fn a_rewind_left_stopped_is_undone_bit_for_bit_and_rejoins_later() {
-    let Some(p) = TwoHosts::new("15", "undo-pw") else { return };
+/// A streaming pair with `rows` rows in table `rows`, then a failover: A runs `fork_sql` while
+/// B cannot hear it and stops; B is promoted and runs `after_sql`.
+fn diverged(rows: u32, fork_sql: &str, after_sql: &str) -> Option<TwoHosts> {
+    let p = TwoHosts::new("15", "undo-pw")?;
     let (a, b) = (&p.a, &p.b);
     let out = p.run_b(&["standby"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    a.psql("CREATE TABLE rows (stage text, n int)");
-    a.psql("INSERT INTO rows SELECT 'before', g FROM generate_series(1, 2000) g");
-    b.wait_for("SELECT count(*) FROM rows", "2000", WAIT);
-
-    // A writes what B never receives, then stops; B is promoted and writes too.
+    a.psql("CREATE TABLE rows (stage text, n int, pad text)");
+    a.psql(&format!("INSERT INTO rows SELECT 'before', g, md5(g::text) FROM generate_series(1, {rows}) g"));
+    b.wait_for("SELECT count(*) FROM rows", &rows.to_string(), WAIT);
     let veth = run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "-o", "link", "show"]))
         .lines()
         .filter_map(|line| line.split(": ").nth(1))
@@ -54,14 +53,32 @@ fn a_rewind_left_stopped_is_undone_bit_for_bit_and_rejoins_later() {
         .find(|name| name != "lo")
         .unwrap();
     run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "down"]));
-    a.psql("UPDATE rows SET n = -n WHERE n % 3 = 0");
-    a.psql("INSERT INTO rows SELECT 'fork', g FROM generate_series(1, 500) g");
+    a.psql(fork_sql);
     a.stop();
     let promoted = p.run_b(&["promote", "--force"]);
     assert_eq!(promoted.code, 0, "{}\n{}", promoted.stdout, promoted.stderr);
     run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "up"]));
-    b.psql("UPDATE rows SET n = n + 1000000 WHERE n % 7 = 0");
+    // The link takes a moment to carry traffic again; rejoin asks B over it once.
+    let port = b.port.to_string();
+    let reachable = (0..100).any(|_| {
+        let ready = p.hosts.a.exec("pg_isready").args(["-h", &p.hosts.b_ip, "-p", &port, "-t", "1"]).output();
+        ready.is_ok_and(|output| output.status.success()) || {
+            std::thread::sleep(Duration::from_millis(200));
+            false
+        }
+    });
+    assert!(reachable, "B does not answer A over the link");
+    b.psql(after_sql);
     b.psql("CHECKPOINT");
+    Some(p)
+}
+
+#[test]
+fn a_rewind_left_stopped_is_undone_bit_for_bit_and_rejoins_later() {
+    let fork =
+        "UPDATE rows SET n = -n WHERE n % 3 = 0; INSERT INTO rows SELECT 'fork', g, '' FROM generate_series(1, 500) g";
+    let Some(p) = diverged(2000, fork, "UPDATE rows SET n = n + 1000000 WHERE n % 7 = 0") else { return };
+    let (a, b) = (&p.a, &p.b);
 
     let before = checksums(&a.data_dir());
     let rewound = p.run_a(&["rejoin", "--no-start"]);
@@ -93,7 +110,7 @@ fn a_rewind_left_stopped_is_undone_bit_for_bit_and_rejoins_later() {
     // The old primary, as it was, still rejoins: rewound, started, streaming, none of its fork.
     let rejoined = p.run_a(&["rejoin"]);
     assert_eq!(rejoined.code, 0, "{}\n{}", rejoined.stdout, rejoined.stderr);
-    b.psql("INSERT INTO rows VALUES ('after', 1)");
+    b.psql("INSERT INTO rows VALUES ('after', 1, '')");
     a.wait_for("SELECT count(*) FROM rows WHERE stage = 'after'", "1", WAIT);
     assert_eq!(a.psql("SELECT count(*) FROM rows WHERE stage = 'fork'"), "0");
     assert_eq!(
@@ -101,4 +118,24 @@ fn a_rewind_left_stopped_is_undone_bit_for_bit_and_rejoins_later() {
         b.psql("SELECT sum(n) FROM rows"),
         "A holds exactly B's rows after the rejoin"
     );
+}
+
+/// Every page of the table changed on A after the divergence: pg_rewind would copy all of them
+/// back and pgha would save all of them first, more than the whole database a clone copies.
+#[test]
+fn a_rewind_that_would_cost_more_than_a_clone_clones_and_says_why() {
+    let Some(p) = diverged(300_000, "UPDATE rows SET pad = md5(pad)", "SELECT 1") else { return };
+    let (a, b) = (&p.a, &p.b);
+    let rejoined = p.run_a(&["rejoin"]);
+    assert_eq!(rejoined.code, 0, "{}\n{}", rejoined.stdout, rejoined.stderr);
+    assert!(rejoined.stdout.contains("by a full clone"), "{}", rejoined.stdout);
+    assert!(
+        rejoined.stderr.contains("cloning in full instead of pg_rewind")
+            && rejoined.stderr.contains("a full clone copies"),
+        "says why: {}",
+        rejoined.stderr
+    );
+    b.psql("INSERT INTO rows VALUES ('after', 1, '')");
+    a.wait_for("SELECT count(*) FROM rows WHERE stage = 'after'", "1", WAIT);
+    assert_eq!(a.psql("SELECT sum(length(pad)) FROM rows"), b.psql("SELECT sum(length(pad)) FROM rows"));
 }
