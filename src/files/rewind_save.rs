@@ -30,8 +30,9 @@ const BLOCKS: &str = "blocks";
 
 /// Files pg_rewind writes whatever its file map says.
 const ALWAYS_WRITTEN: [&str; 2] = ["global/pg_control", "backup_label"];
-/// Files pgha itself writes into the data directory after the rewind, before the first start.
-const PGHA_WRITES: [&str; 3] = ["standby.signal", "recovery.conf", "recovery.signal"];
+/// Files pgha itself writes into the data directory after the rewind, before the first start
+/// (it takes recovery settings out of the postgresql.auto.conf pg_rewind copied).
+const PGHA_WRITES: [&str; 4] = ["standby.signal", "recovery.conf", "recovery.signal", "postgresql.auto.conf"];
 
 /// What is saved of one path, and how it is put back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -451,9 +452,8 @@ mod tests {
             entry("base/6", FileAction::Create, &[]),
         ];
         let found = |path: &str| match path {
-            "base/5/104" | "base/6" | "backup_label" | "standby.signal" | "recovery.conf" | "recovery.signal" => {
-                Found::Missing
-            }
+            "base/5/104" | "base/6" | "backup_label" | "standby.signal" | "recovery.conf" | "recovery.signal"
+            | "postgresql.auto.conf" => Found::Missing,
             "base/pgsql_tmp" => Found::Dir { mode: 0o700 },
             _ => Found::File { size: 16384, mode: 0o600 },
         };
@@ -476,6 +476,7 @@ mod tests {
                 absent("standby.signal"),
                 absent("recovery.conf"),
                 absent("recovery.signal"),
+                absent("postgresql.auto.conf"),
             ]
         );
         let sizes = |_: &str| 16384;
