@@ -114,9 +114,10 @@ pub enum Command {
     Promote(crate::cmd::promote::PromoteArgs),
     /// Turn a former primary into a standby of the current primary (pg_rewind, or a full clone)
     ///
-    /// Changes: stops the local cluster, copies its data directory aside (unless --no-keep-copy),
-    /// keeps the diverged WAL in <datadir>.pgha-fork-<time>, rewinds it (or clones the primary),
-    /// writes the standby's files, removes the fence and starts it.
+    /// Changes: stops the local cluster, keeps the diverged WAL in <datadir>.pgha-fork-<time> and
+    /// saves there what pg_rewind will change (unless --no-keep-copy), rewinds it, or clones the
+    /// primary when that copies less, writes the standby's files, removes the fence and starts it
+    /// (unless --no-start). A failed rewind is put back before the clone it falls back to.
     Rejoin(crate::cmd::rejoin::RejoinArgs),
     /// Start a returning old primary fenced (run by postgresql@.service before every start)
     #[command(long_about = "Run by postgresql@.service (ExecStartPre) before a cluster starts. For the cluster \
