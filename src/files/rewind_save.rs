@@ -452,7 +452,12 @@ mod tests {
             entry("base/6", FileAction::Create, &[]),
         ];
         let found = |path: &str| match path {
-            "base/5/104" | "base/6" | "backup_label" | "standby.signal" | "recovery.conf" | "recovery.signal"
+            "base/5/104"
+            | "base/6"
+            | "backup_label"
+            | "standby.signal"
+            | "recovery.conf"
+            | "recovery.signal"
             | "postgresql.auto.conf" => Found::Missing,
             "base/pgsql_tmp" => Found::Dir { mode: 0o700 },
             _ => Found::File { size: 16384, mode: 0o600 },

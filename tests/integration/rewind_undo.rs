@@ -139,3 +139,83 @@ fn a_rewind_that_would_cost_more_than_a_clone_clones_and_says_why() {
     a.wait_for("SELECT count(*) FROM rows WHERE stage = 'after'", "1", WAIT);
     assert_eq!(a.psql("SELECT sum(length(pad)) FROM rows"), b.psql("SELECT sum(length(pad)) FROM rows"));
 }
+
+/// A loop-mounted XFS filesystem with reflinks, unmounted (and its loop device freed) on drop.
+struct ReflinkFs {
+    _dir: tempfile::TempDir,
+    mount: PathBuf,
+}
+
+impl ReflinkFs {
+    fn new() -> ReflinkFs {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("xfs.img");
+        let mount = dir.path().join("mnt");
+        fs::create_dir(&mount).unwrap();
+        run_ok(Command::new("truncate").args(["-s", "300M"]).arg(&image));
+        run_ok(Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1"]).arg(&image));
+        run_ok(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mount));
+        ReflinkFs { _dir: dir, mount }
+    }
+}
+
+impl Drop for ReflinkFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+    }
+}
+
+/// The save, run as postgres the way rejoin runs it, shares whole files on a filesystem that can
+/// (no data copied, and the original stays free to change), links removed ones, and refuses root.
+#[test]
+fn on_a_reflink_filesystem_the_save_shares_files_instead_of_copying() {
+    if !require_root_and_postgres() {
+        return;
+    }
+    let xfs = ReflinkFs::new();
+    let data = xfs.mount.join("data");
+    fs::create_dir_all(data.join("base/1")).unwrap();
+    fs::create_dir_all(data.join("pg_wal")).unwrap();
+    let content: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(data.join("base/1/100"), &content).unwrap();
+    fs::write(data.join("pg_wal/000000010000000000000009"), b"wal").unwrap();
+    run_ok(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&xfs.mount));
+    let manifest = r#"{"block_size":8192,"entries":[{"kind":"file","path":"base/1/100","mode":384},{"kind":"link","path":"pg_wal/000000010000000000000009"}],"not_covered":[]}"#;
+    let saved = xfs.mount.join("saved");
+    let save = |as_postgres: bool| {
+        let mut command = if as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--", env!("CARGO_BIN_EXE_pgha")]);
+            command
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_pgha"))
+        };
+        command.args(["rewind-save", "--data-dir"]).arg(&data).arg("--into").arg(&saved);
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let as_root = save(false);
+    assert_eq!(as_root.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&as_root.stderr).contains("never as root"));
+    assert!(!saved.exists());
+
+    let out = save(true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["files"].as_u64(), report["cloned"].as_u64()), (Some(2), Some(1)), "{report}");
+    assert_eq!(fs::read(saved.join("files/base/1/100")).unwrap(), content);
+    assert_eq!(
+        fs::metadata(saved.join("files/pg_wal/000000010000000000000009")).unwrap().ino(),
+        fs::metadata(data.join("pg_wal/000000010000000000000009")).unwrap().ino(),
+        "a file pg_rewind removes is kept by a hard link"
+    );
+    // Copy on write: the original changes, the saved file does not.
+    fs::write(data.join("base/1/100"), b"rewound").unwrap();
+    assert_eq!(fs::read(saved.join("files/base/1/100")).unwrap(), content);
+}
