@@ -94,23 +94,29 @@ fn prune_names(directory: &Path, names: &[OsString], cutoff: SystemTime, dry_run
                 continue;
             }
         }
-        if dry_run {
-            println!("would delete {}", path.display());
-        } else {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == ErrorKind::NotFound => continue,
-                Err(error) => {
-                    log::warn!("cannot delete {}: {error}", path.display());
-                    pruned.failed += 1;
-                    continue;
-                }
-            }
-        }
-        pruned.count += 1;
-        pruned.bytes = pruned.bytes.saturating_add(metadata.len());
+        delete_counted(&path, metadata.len(), dry_run, &mut pruned);
     }
     pruned
+}
+
+/// Deletes one archived file of `bytes` (or, on a dry run, lists it) and counts it. A file gone
+/// meanwhile is not counted; one that cannot be deleted is logged and counted as failed.
+fn delete_counted(path: &Path, bytes: u64, dry_run: bool, pruned: &mut Pruned) {
+    if dry_run {
+        println!("would delete {}", path.display());
+    } else {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == ErrorKind::NotFound => return,
+            Err(error) => {
+                log::warn!("cannot delete {}: {error}", path.display());
+                pruned.failed += 1;
+                return;
+            }
+        }
+    }
+    pruned.count += 1;
+    pruned.bytes = pruned.bytes.saturating_add(bytes);
 }
 
 /// What `archive_segment` did with one segment.
@@ -280,22 +286,7 @@ fn over_the_cap(mut entries: Vec<Entry>, max_bytes: u64, spare: Option<&str>) ->
 pub fn prune_to_size(directory: &Path, max_bytes: u64, spare: Option<&str>, dry_run: bool) -> Result<Pruned> {
     let mut pruned = Pruned::default();
     for entry in over_the_cap(entries(directory)?, max_bytes, spare) {
-        let path = directory.join(&entry.name);
-        if dry_run {
-            println!("would delete {}", path.display());
-        } else {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == ErrorKind::NotFound => continue,
-                Err(error) => {
-                    log::warn!("cannot delete {}: {error}", path.display());
-                    pruned.failed += 1;
-                    continue;
-                }
-            }
-        }
-        pruned.count += 1;
-        pruned.bytes = pruned.bytes.saturating_add(entry.bytes);
+        delete_counted(&directory.join(&entry.name), entry.bytes, dry_run, &mut pruned);
     }
     Ok(pruned)
 }

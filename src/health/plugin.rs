@@ -365,16 +365,7 @@ mod tests {
             lines.push(first_line(&report.finish(), &limits()));
             let mut standby = Report::empty();
             standby.role = Some("standby");
-            standby.receiver = Some(ReceiverReport {
-                status: "streaming".into(),
-                primary_host: None,
-                primary_port: None,
-                conninfo: None,
-                slot_name: None,
-                receive_lsn: None,
-                replay_lsn: None,
-                lag: Lag { bytes: Some(0), seconds: Some(0.0) },
-            });
+            standby.receiver = Some(ReceiverReport::with_lag("streaming", Lag { bytes: Some(0), seconds: Some(0.0) }));
             if let Some(severity) = severity {
                 standby.problem(severity, "x".into());
             }

@@ -357,27 +357,19 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::debian::Cluster;
-    use crate::health::{describe, FilesystemReport, KeptReport, Limits, ReceiverReport};
+    use crate::health::{FilesystemReport, KeptReport, ReceiverReport};
     use crate::replication::parse_snapshot;
-    use crate::version::PgVersion;
 
     const CONF: &str = "[primary]\naddress = \"10.231.245.1\"\n[standby]\naddresses = [\"10.231.245.2\"]\n";
     const PRIMARY: &str = include_str!("../../tests/data/status-primary-15.txt");
     const STANDBY: &str = include_str!("../../tests/data/status-standby-15.txt");
     const NOW: u64 = 1_800_000_000;
 
-    /// The report `pgha status` builds on `own` from a saved answer of the status query.
+    /// The report `pgha status` builds, with the cluster and data filesystem `gather` adds.
     fn report_for(sample: &str, own: &str, config_text: &str) -> Report {
-        let config = Config::parse(Path::new("/etc/pgha/pgha.conf"), config_text).unwrap();
-        let cluster = Cluster::debian_default(PgVersion::new(15, 0), "main");
-        let snapshot = parse_snapshot(&crate::tools::psql::parse_rows(sample)).unwrap();
-        let mut report = Report::empty();
-        report.host_address = Some(own.into());
-        report.configured_role = Some(if config.primary.address.to_string() == own { "primary" } else { "standby" });
-        report.primary_address = Some(config.primary.address.to_string());
+        let mut report = crate::health::tests::report_for(sample, own, config_text);
         report.cluster = crate::health::ClusterReport {
-            id: Some(cluster.id()),
+            id: Some("15/main".into()),
             version: Some("15".into()),
             port: Some(5432),
             state: "online",
@@ -387,8 +379,7 @@ mod tests {
             free_bytes: 7 << 30,
             size_bytes: 20 << 30,
         });
-        describe(&mut report, &config, &cluster, &snapshot, &Limits::new(&[], &[]));
-        report.finish()
+        report
     }
 
     /// What a config error leaves: nothing known but the error.
@@ -583,16 +574,8 @@ mod tests {
     fn a_receiver_that_cannot_be_seen_has_no_streaming_series_and_a_lag_in_seconds() {
         let mut report = Report::empty();
         report.role = Some("standby");
-        report.receiver = Some(ReceiverReport {
-            status: "unknown".into(),
-            primary_host: None,
-            primary_port: None,
-            conninfo: None,
-            slot_name: None,
-            receive_lsn: None,
-            replay_lsn: None,
-            lag: crate::replication::Lag { bytes: None, seconds: Some(2.5) },
-        });
+        report.receiver =
+            Some(ReceiverReport::with_lag("unknown", crate::replication::Lag { bytes: None, seconds: Some(2.5) }));
         let text = format_metrics(&report.finish(), NOW);
         check_exposition(&text);
         assert_eq!(value(&text, "pgha_receiver_streaming"), None, "{text}");

@@ -72,6 +72,23 @@ pub struct ReceiverReport {
     pub lag: Lag,
 }
 
+#[cfg(test)]
+impl ReceiverReport {
+    /// A receiver known only by its status and lag, as tests need one.
+    pub fn with_lag(status: &str, lag: Lag) -> ReceiverReport {
+        ReceiverReport {
+            status: status.into(),
+            primary_host: None,
+            primary_port: None,
+            conninfo: None,
+            slot_name: None,
+            receive_lsn: None,
+            replay_lsn: None,
+            lag,
+        }
+    }
+}
+
 /// The filesystem of the data directory: a full one stops the server.
 #[derive(Debug, Serialize)]
 pub struct FilesystemReport {
