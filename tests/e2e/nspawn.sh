@@ -195,6 +195,15 @@ streaming_to_standby() {
     [ "$(psql_in "$primary" -c "SELECT state FROM pg_stat_replication WHERE client_addr = '$standby_ip'")" = streaming ]
 }
 check "the primary streams to the standby (pg_stat_replication)" eventually 30 streaming_to_standby
+# archive_command is pgha itself, run by postgresql@.service as postgres: a switched segment lands in the archive.
+psql_in "$primary" -c "SELECT pg_switch_wal()" >/dev/null
+archived_on() {
+    [ "$(psql_in "$1" -c "SELECT archived_count > 0 AND failed_count = 0 FROM pg_stat_archiver")" = t ]
+}
+check "the primary archives through pgha archive-wal (pg_stat_archiver)" eventually 30 archived_on "$primary"
+check "... into the archive directory" in_host "$primary" sh -c 'ls /var/backups/pgsql/archive | grep -qE "^[0-9A-F]{24}$"'
+check "the standby has its archive directory too, for the day it is promoted" \
+    test "$(in_host "$standby" stat -c %U:%a /var/backups/pgsql/archive)" = postgres:700
 
 if in_host "$standby" pgha status --help >/dev/null 2>&1; then
     for host in "$primary" "$standby"; do
@@ -320,6 +329,8 @@ echo "-- failover while the primary is off; it boots fenced and takes no write; 
 host_stop "$primary"
 check "pgha promote --force on the standby" in_host "$standby" pgha promote --force
 psql_in "$standby" -c "CREATE TABLE after_failover (n int); INSERT INTO after_failover VALUES (1)" >/dev/null
+psql_in "$standby" -c "SELECT pg_switch_wal()" >/dev/null
+check "the new primary archives at once" eventually 30 archived_on "$standby"
 # A client on the old primary tries to write from the moment its container exists until told to stop.
 writes=$(mktemp -d)
 (
