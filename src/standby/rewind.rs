@@ -23,7 +23,7 @@ use crate::replication::Lsn;
 use crate::standby::clone::configure_in_place;
 use crate::standby::preflight::PrimaryFacts;
 use crate::standby::slots::drop_stale_slots;
-use crate::standby::streaming::{confirm_standby, StandbyStarted};
+use crate::standby::streaming::{confirm_started_standby, StandbyStarted};
 use crate::standby::StandbyContext;
 use crate::tools::pg_controldata::{self, ControlData};
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
@@ -188,8 +188,9 @@ pub fn rewind(
     }
     configure_in_place(context, &primary.system_identifier, primary.max_wal_senders)?;
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.primary);
-    let started_as = invoke_pg_ctlcluster(cluster, ClusterAction::Start)
-        .and_then(|()| confirm_standby(context, timeout))
+    // As the clone: pgha confirms the standby itself, not postgresql-common's start check.
+    let started_as = crate::tools::pg_ctlcluster::invoke_start_without_waiting(cluster)
+        .and_then(|mut start| confirm_started_standby(context, &mut start, timeout))
         .inspect_err(|_| eprintln!("{}", log_tail(cluster, 20)))?;
     drop_stale_slots(context)?;
     Ok(Rewound { fork_note, streaming: started_as == StandbyStarted::Streaming })
