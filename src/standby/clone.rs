@@ -19,14 +19,18 @@ use crate::notify::notify_status;
 use crate::render::{render, standby_name, Facts, HotStandbySettings, Role};
 use crate::standby::preflight::PrimaryFacts;
 use crate::standby::slots::{drop_slot_if_created, prepare_slot, SlotPlan};
-use crate::standby::streaming::{confirm_standby, StandbyStarted};
+use crate::standby::streaming::{confirm_started_standby, StandbyStarted};
 use crate::standby::StandbyContext;
 use crate::tools::pg_basebackup::{invoke_pg_basebackup, Basebackup};
 use crate::tools::pg_controldata::{self, RecordedSettings};
-use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
+use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, invoke_start_without_waiting, ClusterAction};
 use crate::tools::pg_lsclusters::is_online;
 use crate::tools::psql::{query_value, Target};
 use crate::upstream::{passfile_change, primary_client_conninfo, sql_target, warn_if_unencrypted, PrivatePassfile};
+
+/// How long a failed start may take to end before the undo stops the cluster: postgresql-common
+/// gives up on a server after 30 s of waiting for its port, plus its psql probes.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// What a finished clone did, for the final message.
 #[derive(Clone, Debug)]
@@ -151,13 +155,24 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
 
     notify_status("starting the standby");
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.primary);
-    let came_up = invoke_pg_ctlcluster(cluster, ClusterAction::Start).and_then(|()| {
-        log::info!("cluster {} is up; waiting for it to stream", cluster.id());
-        confirm_standby(context, timeout)
+    // pgha confirms the standby itself (it answers, in recovery, streams), so the clone does not
+    // also wait for postgresql-common's start check. Under systemd the start is a job of
+    // postgresql@.service that runs on its own: inside pgha-standby.service (After=
+    // postgresql.service, which the postgresql@ units are Before=) nothing orders that job after
+    // pgha-standby, so it never waits for the clone that waits for the server (nor would a
+    // blocking start). When pgha-standby reports ready the server streams; the unit may still
+    // run its start check for a moment and then becomes active by itself.
+    let mut start = None;
+    let came_up = invoke_start_without_waiting(cluster).and_then(|pending| {
+        log::info!("cluster {} is starting; waiting for it to stream", cluster.id());
+        confirm_started_standby(context, start.insert(pending), timeout)
     });
     let started_as = match came_up {
         Ok(started_as) => started_as,
         Err(error) => {
+            if let Some(pending) = start.as_mut() {
+                pending.settle(SETTLE_TIMEOUT);
+            }
             eprintln!("{}", log_tail(cluster, 30));
             let undo = undo_after_swap(context, &remote, old.as_deref(), transaction, created_slot, was_running);
             return Err(failure(

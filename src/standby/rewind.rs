@@ -26,7 +26,7 @@ use crate::size::format_bytes;
 use crate::standby::clone::configure_in_place;
 use crate::standby::preflight::PrimaryFacts;
 use crate::standby::slots::drop_stale_slots;
-use crate::standby::streaming::{confirm_standby, StandbyStarted};
+use crate::standby::streaming::{confirm_started_standby, StandbyStarted};
 use crate::standby::StandbyContext;
 use crate::tools::pg_controldata::{self, ControlData};
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
@@ -333,8 +333,9 @@ pub fn rewind(
         return Ok(RewindOutcome::Rewound(Rewound { fork_note, streaming: false, started: false }));
     }
     log::info!("starting cluster {} as a standby of {}", cluster.id(), context.primary);
-    let started_as = invoke_pg_ctlcluster(cluster, ClusterAction::Start)
-        .and_then(|()| confirm_standby(context, timeout))
+    // As the clone: pgha confirms the standby itself, not postgresql-common's start check.
+    let started_as = crate::tools::pg_ctlcluster::invoke_start_without_waiting(cluster)
+        .and_then(|mut start| confirm_started_standby(context, &mut start, timeout))
         .inspect_err(|_| eprintln!("{}", log_tail(cluster, 20)))?;
     drop_stale_slots(context)?;
     Ok(RewindOutcome::Rewound(Rewound { fork_note, streaming: started_as == StandbyStarted::Streaming, started: true }))

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use crate::notify::{notify_progress, notify_status};
 use crate::standby::StandbyContext;
 use crate::tools::pg_controldata;
+use crate::tools::pg_ctlcluster::PendingStart;
 use crate::tools::pg_lsclusters::is_online;
 use crate::tools::psql::{query, query_bool, Target};
 use crate::tools::{poll_until, retry_until_ok};
@@ -21,15 +22,56 @@ pub enum StandbyStarted {
     NotStreamingYet,
 }
 
-/// The one rule for "the new standby works", for the clone and the rewind alike: it answers, in
+/// The one rule for "the new standby works", for every standby pgha starts: it answers, in
 /// recovery (a server that came up writable is an error, and the caller undoes); then up to
-/// `timeout` for streaming, which is only reported.
+/// `timeout` for streaming, which is only reported. This is for a start that has returned;
+/// the clone and the rewind do not wait for theirs (`confirm_started_standby`).
 pub fn confirm_standby(context: &StandbyContext, timeout: Duration) -> Result<StandbyStarted> {
     let local = Target::local(context.cluster);
-    let in_recovery = retry_until_ok(Duration::from_secs(60), Duration::from_millis(250), || {
-        query_bool(&local, "SELECT pg_is_in_recovery()")
-    })
-    .with_context(|| format!("cluster {} does not answer after it started", context.cluster.id()))?;
+    let in_recovery =
+        retry_until_ok(ANSWER_TIMEOUT, ANSWER_INTERVAL, || query_bool(&local, "SELECT pg_is_in_recovery()"))
+            .with_context(|| format!("cluster {} does not answer after it started", context.cluster.id()))?;
+    confirm_in_recovery(context, in_recovery, timeout)
+}
+
+/// `confirm_standby` for a start still under way: a start that fails ends the wait for an answer
+/// at once, with the reason systemd or pg_ctlcluster gives.
+pub fn confirm_started_standby(
+    context: &StandbyContext,
+    start: &mut PendingStart,
+    timeout: Duration,
+) -> Result<StandbyStarted> {
+    let local = Target::local(context.cluster);
+    let mut last_error = None;
+    let answer = poll_until(ANSWER_TIMEOUT, ANSWER_INTERVAL, || {
+        // pgha bounds this wait itself: the unit's start timeout must not end it first.
+        notify_progress();
+        match query_bool(&local, "SELECT pg_is_in_recovery()") {
+            Ok(in_recovery) => Ok(Some(in_recovery)),
+            Err(error) => match start.failure() {
+                Some(failure) => Err(failure.context(format!("cluster {} did not start", context.cluster.id()))),
+                None => {
+                    last_error = Some(error);
+                    Ok(None)
+                }
+            },
+        }
+    })?;
+    let in_recovery = answer.ok_or_else(|| {
+        last_error
+            .unwrap_or_else(|| anyhow::anyhow!("no answer"))
+            .context(format!("cluster {} does not answer after it started", context.cluster.id()))
+    })?;
+    confirm_in_recovery(context, in_recovery, timeout)
+}
+
+/// How long a started server has to answer, and how often it is asked.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+const ANSWER_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the wait for streaming asks every 100 ms before it asks every 500 ms.
+const EARLY_STREAMING: Duration = Duration::from_secs(5);
+
+fn confirm_in_recovery(context: &StandbyContext, in_recovery: bool, timeout: Duration) -> Result<StandbyStarted> {
     if !in_recovery {
         bail!("the new copy came up as a primary, not in recovery");
     }
@@ -59,14 +101,21 @@ pub fn confirm_standby(context: &StandbyContext, timeout: Duration) -> Result<St
 pub fn wait_for_streaming(context: &StandbyContext, timeout: Duration) -> Result<bool> {
     notify_status("waiting for the standby to stream");
     let local = Target::local(context.cluster);
-    let streaming = poll_until(timeout, Duration::from_millis(500), || {
+    let mut probe = || {
         // pgha bounds this wait itself: the unit's start timeout must not end it first.
         notify_progress();
         if query_bool(&local, "SELECT pg_is_in_recovery()").ok() == Some(false) {
             bail!("the new copy came up as a primary, not in recovery");
         }
         Ok(wal_receiver_streaming(context).unwrap_or(false).then_some(()))
-    })?;
+    };
+    // A fresh standby usually streams within a second of answering: asked often at first, the
+    // run ends when it streams; a standby that takes longer is asked less often.
+    let early = timeout.min(EARLY_STREAMING);
+    let mut streaming = poll_until(early, Duration::from_millis(100), &mut probe)?;
+    if streaming.is_none() && timeout > early {
+        streaming = poll_until(timeout - early, Duration::from_millis(500), &mut probe)?;
+    }
     if streaming.is_some() {
         log::info!("cluster {} streams from {}", context.cluster.id(), context.primary);
     }

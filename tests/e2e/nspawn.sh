@@ -57,6 +57,16 @@ unit_state() {
     done | paste -sd/
 }
 
+# Whether HOST's postgresql@PG-main unit is active and its main process is the cluster's postmaster:
+# pgha starts a new standby (clone, rewind) without waiting for postgresql-common's start check,
+# as a --no-block job of that unit, so systemd must still be the one running the server.
+cluster_runs_under_systemd() {
+    local host=$1
+    test "$(in_host "$host" systemctl is-active "postgresql@$pg-main")" = active &&
+        test "$(in_host "$host" systemctl show -P MainPID "postgresql@$pg-main")" = \
+            "$(in_host "$host" head -1 "$datadir/postmaster.pid")"
+}
+
 cleanup() {
     if [ -n "${PGHA_E2E_KEEP:-}" ] && [ "${1:-}" = exit ]; then
         log "PGHA_E2E_KEEP is set: hosts $primary, $standby and $testbed keep running (make demo-clean does not remove them; run this test again)"
@@ -177,6 +187,11 @@ check "pgha-standby is active (exited)" test "$(unit_state "$standby" pgha-stand
 in_host "$standby" systemctl status --no-pager -n 0 pgha-standby | sed 's/^/    /'
 check "systemctl status pgha-standby shows the final state (STATUS=)" \
     grep -q "streams from $primary_ip" <<<"$(in_host "$standby" systemctl show -P StatusText pgha-standby)"
+# The unit may finish its start check a moment after pgha-standby is ready: it streams already.
+check "after the clone postgresql@$pg-main is active and runs the standby" \
+    eventually 15 cluster_runs_under_systemd "$standby"
+check "pgha-standby is still active (exited) once postgresql@$pg-main is" \
+    test "$(unit_state "$standby" pgha-standby)" = active/exited/success
 
 echo "-- replication, verified the way the seed procedure does it"
 psql_in "$primary" -c "CREATE DATABASE pghatest" >/dev/null
@@ -371,6 +386,8 @@ check "pgha rejoin on the old primary, with no config edit" in_host "$primary" p
 check "... removed the fence" in_host "$primary" test ! -e /etc/postgresql/$pg/main/conf.d/zz-pgha-fence.conf
 old_primary_streaming() { [ "$(psql_in "$primary" -c "SELECT status FROM pg_stat_wal_receiver")" = streaming ]; }
 check "the old primary streams from the new one" eventually 60 old_primary_streaming
+check "after the rejoin postgresql@$pg-main is active and runs the standby" \
+    eventually 15 cluster_runs_under_systemd "$primary"
 has_new_rows() { [ "$(psql_in "$primary" -c "SELECT count(*) FROM after_failover")" = 1 ]; }
 check "... with the new primary's rows" eventually 30 has_new_rows
 check "no write of the fenced host reached the new primary" \

@@ -307,10 +307,15 @@ fn a_standby_that_does_not_start_is_swapped_back() {
     let conf_d = b.config_dir().join("conf.d/pgha.conf");
     assert!(!conf_d.exists());
 
+    let started = Instant::now();
     let out = standby(&setup, &setup.config_b, &["--timeout", "30s"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("max_connections"), "the log tail names the cause: {}", out.stderr);
     assert!(out.stderr.contains("original data directory is back"), "{}", out.stderr);
+    // The start runs on its own while pgha waits for the server: its failure must end that wait,
+    // not the minute a server that never answers is given.
+    assert!(out.stderr.contains("did not start"), "the failed start is named: {}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(40), "the failed start took {:?} to notice", started.elapsed());
     assert_b_untouched(&setup);
     assert!(old_dirs(b).is_empty(), "the original was moved back, not left aside");
     assert!(!PathBuf::from(format!("{}.pgha-failed", b.data_dir().display())).exists());
