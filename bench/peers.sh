@@ -196,6 +196,8 @@ echo "load during every measurement: pgbench -c 4 -j 2 on the primary"
 
 echo "== first standby of each method (not timed)"
 for method in repmgr seed; do measure $method; done
+# What repmgr says about this setup (the configuration files Debian keeps outside the data directory).
+grep -E 'WARNING|HINT|DETAIL' "$WORK/repmgr.out" | sed 's/^/  repmgr: /' || true
 
 echo "== $RUNS rounds"
 pgha_times=() repmgr_times=() seed_times=()
