@@ -113,6 +113,7 @@ if [ "$MODE" = realistic ]; then
     psql_cl() { local cl=$1; shift; runuser -u postgres -- psql -X -q -A -t -h "$(sock "$cl")" -p $PORT -d postgres "$@"; }
     on() { ip netns exec "$1" "${@:2}"; }
     ns_of() { [ "$1" = "$CL_A" ] && echo "$NS_A" || echo "$NS_B"; }
+    veth_of() { [ "$1" = "$CL_A" ] && echo "$VETH_A" || echo "$VETH_B"; }
     host_of() { [ "$1" = "$CL_A" ] && echo A || echo B; }
     conf_of() { echo "$WORK/$1.conf"; }
     pgbench_on() { runuser -u postgres -- $BIN/pgbench -n -c 4 -j 2 -T "$2" -h "$(sock "$1")" -p $PORT postgres; }
@@ -154,15 +155,17 @@ if [ "$MODE" = realistic ]; then
         pgbench_on $P 40 >/dev/null 2>&1 &
         PGBENCH_PID=$!
         sleep 27
-        # Cut first: what the primary commits from here on never reaches the standby.
-        ip -n $NS_B link set $VETH_B down
+        # Cut first: what the primary commits from here on never reaches the standby. On the failing
+        # host's side, so that the standby sees its peer vanish (silence, not "unreachable") as when a
+        # host dies: the same in every run, whichever way it fails over.
+        ip -n "$(ns_of $P)" link set "$(veth_of $P)" down
         sleep 3
         kill -KILL "$(head -1 "$DATA/$P/postmaster.pid")"
         wait "$PGBENCH_PID" 2>/dev/null || true
         PGBENCH_PID=
         sleep 1
         rl_promote_out=$(on "$(ns_of $S)" "$PGHA" --config "$(conf_of $S)" promote --force 2>/dev/null)
-        ip -n $NS_B link set $VETH_B up
+        ip -n "$(ns_of $P)" link set "$(veth_of $P)" up
         rl_promote_ms+=("$(echo "$rl_promote_out" | sed -n 's/.*accepted a write \([0-9]*\) ms after.*/\1/p')")
         pgbench_on $S 30 | sed -n 's/^tps = \([0-9.]*\).*/  pgbench on the new primary: \1 tps for 30 s/p'
 
