@@ -23,7 +23,7 @@
 #     in the middle of the load;
 #  2. `pgha promote --force` on the standby, the link comes back, pgbench writes 30 s on the new primary;
 #  3. `pgha rejoin` on the old primary (pg_rewind), timed, with each phase seen in pgha's log: crash
-#     recovery of the killed server (with pg_rewind --dry-run and saving the fork), the copy aside,
+#     recovery of the killed server, pg_rewind --dry-run, saving the fork and what pg_rewind will change,
 #     pg_rewind itself, start and replay until streaming (see rejoin_phases);
 #  4. `pgha rejoin --full-clone` on the same host, timed, for comparison.
 # The next run fails over the other way. It prints each run, the median of every phase and the ratio
@@ -57,12 +57,13 @@ stamp_epoch() { local line; while IFS= read -r line; do printf '%s %s\n' "$EPOCH
 rejoin_phases() {
     awk '
     BEGIN {
-        n = split("recovery copy rewind start", name, " ")
-        # The killed server is started as a standby to replay its own WAL (crash recovery), stopped,
-        # pg_rewind --dry-run finds the divergence and pgha saves the fork: pgha logs nothing in between.
+        n = split("recovery dryrun save rewind start", name, " ")
+        # The killed server is started as a standby to replay its own WAL (crash recovery), then stopped.
         re["recovery"] = "not shut down cleanly|recovering it as a standby|crash recovery"
-        # The copy of the data directory (or of what pg_rewind will touch) kept before the rewind.
-        re["copy"] = "(copying|saving|keeping|copy of).*(before pg_rewind|aside|pg_rewind (will|would) )"
+        # pg_rewind --dry-run: it reads what it would copy, and lists what it would change.
+        re["dryrun"] = "pg_rewind --dry-run"
+        # What is kept before the rewind: the fork, then what pg_rewind will change (or a whole copy).
+        re["save"] = "saved [0-9]+ WAL files|(copying|saving|keeping|copy of).*(before pg_rewind|aside)"
         re["rewind"] = "running pg_rewind"
         re["start"] = "starting cluster .* as a standby"
         done_re = "Done!"
@@ -147,7 +148,7 @@ if [ "$MODE" = realistic ]; then
     on "$NS_B" "$PGHA" --config "$(conf_of $CL_B)" standby >/dev/null 2>&1
 
     P=$CL_A S=$CL_B
-    phases=(recovery copy rewind start other)
+    phases=(recovery dryrun save rewind start other)
     declare -A med
     rl_promote_ms=() rl_rewind_s=() rl_clone_s=() rl_rewind_mb=()
     for run in $(seq 1 "$RUNS"); do

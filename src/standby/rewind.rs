@@ -232,7 +232,16 @@ pub fn rewind(
     let cluster = context.cluster;
     shut_down_cleanly(context, primary)?;
     let conninfo = primary_client_conninfo(context.config, context.primary, passfile, primary.version, "postgres");
+    log::info!("asking pg_rewind --dry-run what a rewind from {} would copy and change", context.primary);
     let dry = pg_rewind::plan(cluster, &conninfo)?;
+    if let (Some(copy), Some(source)) = (dry.copy_bytes, dry.source_bytes) {
+        log::info!(
+            "pg_rewind would copy {} of the source's {} and change {} paths here",
+            format_bytes(copy),
+            format_bytes(source),
+            dry.file_map.len()
+        );
+    }
     if dry.same_timeline {
         let local_timeline = pg_controldata::read(cluster.version, &cluster.data_dir)?.timeline.to_string();
         let identify = query(&context.replication(passfile), "IDENTIFY_SYSTEM")?;
