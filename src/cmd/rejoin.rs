@@ -28,6 +28,10 @@ pub struct RejoinArgs {
     #[arg(long)]
     pub no_keep_copy: bool,
 
+    /// Use pg_rewind even when its dry run shows a full clone would copy less
+    #[arg(long, conflicts_with = "full_clone")]
+    pub rewind: bool,
+
     /// Rewind and configure the standby, but leave the cluster stopped: until it first starts,
     /// --undo-rewind can put the data directory back as it was
     #[arg(long, conflicts_with = "full_clone")]
@@ -35,7 +39,7 @@ pub struct RejoinArgs {
 
     /// Put the data directory back as it was before a rewind whose cluster has not started since,
     /// from the saved set (<datadir>.pgha-fork-<time>/before-rewind) that rejoin named
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["full_clone", "no_start", "no_keep_copy"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["full_clone", "no_start", "no_keep_copy", "rewind"])]
     pub undo_rewind: Option<PathBuf>,
 
     /// How long the rejoined standby gets to start streaming (default: standby.streaming_timeout)
@@ -73,6 +77,7 @@ impl RejoinArgs {
             keep: if self.no_keep_copy { Keep::ForkOnly } else { Keep::Changed },
             timeout: self.timeout.unwrap_or(config.standby.streaming_timeout),
             start: !self.no_start,
+            always_rewind: self.rewind,
         };
         match rejoin(&context, &options)? {
             Rejoined::AlreadyStreaming => {

@@ -23,6 +23,8 @@ pub struct RejoinOptions {
     pub timeout: Duration,
     /// Rewind and configure, but leave the cluster stopped (the saved set can still undo it).
     pub start: bool,
+    /// pg_rewind even when a full clone would copy less.
+    pub always_rewind: bool,
 }
 
 pub enum Rejoined {
@@ -61,7 +63,15 @@ pub fn rejoin(context: &StandbyContext, options: &RejoinOptions) -> Result<Rejoi
         rewind_obstacle(context.cluster, &primary)?
     };
     match why_not {
-        None => match rewind(context, &primary, &passfile.path, options.timeout, options.keep, options.start) {
+        None => match rewind(
+            context,
+            &primary,
+            &passfile.path,
+            options.timeout,
+            options.keep,
+            options.start,
+            !options.always_rewind,
+        ) {
             Ok(RewindOutcome::Rewound(rewound)) => {
                 return Ok(Rejoined::Rewound { rewound, elapsed: started.elapsed() })
             }

@@ -206,21 +206,24 @@ fn plan_save(
 }
 
 /// Whether a full clone is cheaper than copying what the dry run lists plus saving what it
-/// changes; the sizes are pg_rewind's own (it reads the source's). None: rewind.
-pub fn clone_is_cheaper(copy_bytes: Option<u64>, source_bytes: Option<u64>, save_bytes: u64) -> Option<String> {
-    let (copy, source) = (copy_bytes?, source_bytes?);
-    (copy.saturating_add(save_bytes) > source).then(|| {
+/// changes. pg_rewind's figure is its own; a clone copies the databases (the primary's size from
+/// preflight), not the WAL the primary keeps, which pg_rewind before 19 copies whole. None: rewind.
+pub fn clone_is_cheaper(copy_bytes: Option<u64>, clone_bytes: Option<u64>, save_bytes: u64) -> Option<String> {
+    let (copy, clone) = (copy_bytes?, clone_bytes?);
+    (copy.saturating_add(save_bytes) > clone).then(|| {
         format!(
-            "pg_rewind would copy {} and pgha would save {} before it, more than the {} a full clone copies",
+            "pg_rewind would copy {} (the primary's WAL included) and pgha would save {} before it, more than the {} \
+             a full clone copies (`pgha rejoin --rewind` rewinds anyway)",
             format_bytes(copy),
             format_bytes(save_bytes),
-            format_bytes(source)
+            format_bytes(clone)
         )
     })
 }
 
 /// pg_rewind into place, standby configuration, start (unless `start` is false), wait for
-/// streaming; or the reason to clone instead, decided before anything changed.
+/// streaming; or, when `choose` and a clone copies less, the reason to clone instead, decided
+/// before anything changed.
 pub fn rewind(
     context: &StandbyContext,
     primary: &PrimaryFacts,
@@ -228,6 +231,7 @@ pub fn rewind(
     timeout: Duration,
     keep: Keep,
     start: bool,
+    choose: bool,
 ) -> Result<RewindOutcome> {
     let cluster = context.cluster;
     shut_down_cleanly(context, primary)?;
@@ -266,7 +270,8 @@ pub fn rewind(
             (None, Keep::Changed) => crate::files::datadir::dir_size(&cluster.data_dir),
             (None, Keep::ForkOnly) => 0,
         };
-        if let Some(reason) = clone_is_cheaper(dry.copy_bytes, dry.source_bytes, save_bytes) {
+        let clone_bytes = primary.database_bytes.or(dry.source_bytes);
+        if let Some(reason) = clone_is_cheaper(dry.copy_bytes, clone_bytes, save_bytes).filter(|_| choose) {
             return Ok(RewindOutcome::CloneCheaper(reason));
         }
         let fork = save_diverged_wal(cluster, lsn, &dry.text)?;
@@ -326,8 +331,8 @@ pub fn rewind(
             let missing = not_covered(manifest, &output);
             if !missing.is_empty() {
                 log::warn!(
-                    "pg_rewind changed {} path(s) its dry run had not listed (the primary changed meanwhile): the saved \
-                     set cannot put those back: {}",
+                    "pg_rewind changed or created {} path(s) its dry run had not listed (the primary changed \
+                     meanwhile): the saved set does not cover those: {}",
                     missing.len(),
                     missing.join(", ")
                 );
@@ -457,6 +462,17 @@ mod tests {
         assert!(!before("pg_wal/00000002.history"));
         assert!(!before("base/1/000000010000000000000001"));
         assert!(!wal_before_divergence("pg_wal/000000020000000000000003", diverged, 2, 0));
+    }
+
+    #[test]
+    fn a_clone_is_chosen_only_when_it_copies_less() {
+        let gb = 1 << 30;
+        assert_eq!(clone_is_cheaper(Some(gb), Some(4 * gb), gb), None);
+        let reason = clone_is_cheaper(Some(2 * gb), Some(gb), 0).unwrap();
+        assert!(reason.contains("2.0 GB") && reason.contains("--rewind"), "{reason}");
+        assert!(clone_is_cheaper(Some(gb), Some(gb + 10), 20).is_some(), "the save counts");
+        assert_eq!(clone_is_cheaper(None, Some(gb), 0), None, "without pg_rewind's figure it rewinds");
+        assert_eq!(clone_is_cheaper(Some(gb), None, 0), None);
     }
 
     #[test]

@@ -87,7 +87,10 @@ fn parse_copy_sizes(output: &str) -> Option<(u64, u64)> {
 pub fn is_debug_listing(line: &str) -> bool {
     let text = line.strip_prefix("pg_rewind:").unwrap_or(line).trim();
     let text = text.strip_prefix("debug:").unwrap_or(text).trim();
-    text.starts_with("block ") || text.starts_with("received chunk") || !parse_file_map(text).is_empty()
+    text.starts_with("block ")
+        || text.starts_with("received chunk")
+        || (text.starts_with("getting ") && text.ends_with(" file chunks"))
+        || !parse_file_map(text).is_empty()
 }
 
 /// The file map of pg_rewind's debug output: `path (ACTION)` lines, each followed by the

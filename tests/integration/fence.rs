@@ -167,7 +167,7 @@ fn returning_old_primary(crash: bool) {
     let again = fence(&p.hosts.a.name, &p.config_a, a);
     assert_eq!(again.code, 0, "{}", again.stderr);
 
-    let rejoined = p.run_a(&["rejoin"]);
+    let rejoined = p.run_a(&["rejoin", "--rewind"]);
     assert_eq!(rejoined.code, 0, "{}\n{}", rejoined.stdout, rejoined.stderr);
     if crash {
         assert!(

@@ -81,7 +81,7 @@ fn a_rewind_left_stopped_is_undone_bit_for_bit_and_rejoins_later() {
     let (a, b) = (&p.a, &p.b);
 
     let before = checksums(&a.data_dir());
-    let rewound = p.run_a(&["rejoin", "--no-start"]);
+    let rewound = p.run_a(&["rejoin", "--no-start", "--rewind"]);
     assert_eq!(rewound.code, 0, "{}\n{}", rewound.stdout, rewound.stderr);
     assert!(rewound.stdout.contains("with pg_rewind") && rewound.stdout.contains("left stopped"), "{}", rewound.stdout);
     assert!(!a.is_running());
