@@ -56,6 +56,14 @@ psql_on() { local port=$1; shift; runuser -u postgres -- psql -X -q -A -t -h /va
 psql_a() { psql_on "$PORT_A" -c "$1"; }
 psql_b() { psql_on "$PORT_B" -c "$1"; }
 
+# For benches whose two clusters share one port, as pgha's members do (PORT), each with a socket
+# directory of its own: helpers that take the cluster's name (CL_A or CL_B).
+sock() { echo "/var/run/postgresql/$1"; }
+psql_cl() { local cl=$1; shift; runuser -u postgres -- psql -X -q -A -t -h "$(sock "$cl")" -p "$PORT" -d postgres "$@"; }
+on() { ip netns exec "$1" "${@:2}"; }
+ns_of() { [ "$1" = "$CL_A" ] && echo "$NS_A" || echo "$NS_B"; }
+conf_of() { echo "$WORK/$1.conf"; }
+
 bench_setup_hosts() {
     local ns
     for ns in "$NS_A" "$NS_B"; do

@@ -110,13 +110,8 @@ if [ "$MODE" = realistic ]; then
         [ -n "$PGBENCH_PID" ] && kill "$PGBENCH_PID" 2>/dev/null && wait "$PGBENCH_PID" 2>/dev/null
         rm -rf "/var/run/postgresql/$CL_A" "/var/run/postgresql/$CL_B"
     }
-    sock() { echo "/var/run/postgresql/$1"; }
-    psql_cl() { local cl=$1; shift; runuser -u postgres -- psql -X -q -A -t -h "$(sock "$cl")" -p $PORT -d postgres "$@"; }
-    on() { ip netns exec "$1" "${@:2}"; }
-    ns_of() { [ "$1" = "$CL_A" ] && echo "$NS_A" || echo "$NS_B"; }
     veth_of() { [ "$1" = "$CL_A" ] && echo "$VETH_A" || echo "$VETH_B"; }
     host_of() { [ "$1" = "$CL_A" ] && echo A || echo B; }
-    conf_of() { echo "$WORK/$1.conf"; }
     pgbench_on() { runuser -u postgres -- $BIN/pgbench -n -c 4 -j 2 -T "$2" -h "$(sock "$1")" -p $PORT postgres; }
 
     # Peak use (during the copy aside or the clone's staging): three copies of the database (both

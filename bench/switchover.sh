@@ -38,12 +38,7 @@ bench_extra_cleanup() {
     rm -rf "/var/run/postgresql/$CL_A" "/var/run/postgresql/$CL_B"
 }
 
-sock() { echo "/var/run/postgresql/$1"; }
-psql_cl() { local cl=$1; shift; runuser -u postgres -- psql -X -q -A -t -h "$(sock "$cl")" -p $PORT -d postgres "$@"; }
-on() { ip netns exec "$1" "${@:2}"; }
-ns_of() { [ "$1" = "$CL_A" ] && echo "$NS_A" || echo "$NS_B"; }
 ip_of() { [ "$1" = "$CL_A" ] && echo "$IP_A" || echo "$IP_B"; }
-conf_of() { echo "$WORK/$1.conf"; }
 
 echo "== setting up two hosts and a scale-$SCALE pgbench primary"
 bench_setup_hosts

@@ -51,7 +51,7 @@ impl RewindSaveArgs {
         let manifest: Manifest = serde_json::from_slice(&input).context("the plan on stdin is not a manifest")?;
         std::fs::create_dir(&self.into).with_context(|| format!("cannot create {}", self.into.display()))?;
         let report = save(&self.data_dir, &self.into, &manifest)?;
-        println!("{}", serde_json::json!({ "files": report.files, "bytes": report.bytes, "cloned": report.cloned }));
+        println!("{}", serde_json::to_string(&report)?);
         Ok(EXIT_OK)
     }
 }

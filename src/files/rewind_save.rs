@@ -166,7 +166,7 @@ pub fn size_at(data_dir: &Path) -> impl Fn(&str) -> u64 + '_ {
 }
 
 /// What one save took.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SaveReport {
     pub files: u64,
     pub bytes: u64,

@@ -15,11 +15,11 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::debian::{log_tail, Cluster};
 use crate::files::datadir::{add_note, copy_aside, create_fork_dir};
-use crate::files::rewind_save::{self, Manifest, Saved};
+use crate::files::rewind_save::{self, Manifest, SaveReport, Saved};
 use crate::files::secure::read_text_capped;
 use crate::replication::Lsn;
 use crate::size::format_bytes;
@@ -289,9 +289,13 @@ pub fn rewind(
                     format!(
                         "{note}; what pg_rewind changed is saved in {} ({} files, {}{})",
                         saved.display(),
-                        report.0,
-                        format_bytes(report.1),
-                        if report.2 > 0 { format!(", {} of them reflinked", report.2) } else { String::new() }
+                        report.files,
+                        format_bytes(report.bytes),
+                        if report.cloned > 0 {
+                            format!(", {} of them reflinked", report.cloned)
+                        } else {
+                            String::new()
+                        }
                     )
                 });
                 Some((saved, manifest))
@@ -372,33 +376,48 @@ fn not_covered(manifest: &Manifest, real_run: &str) -> Vec<String> {
     missing
 }
 
-/// Runs pgha itself as postgres to save `manifest`'s entries into `into`: files, blocks, sizes.
-fn save_changed(cluster: &Cluster, into: &Path, manifest: &Manifest) -> Result<(u64, u64, u64)> {
+/// Runs pgha itself as postgres with `args` (and `stdin`), for the work in postgres' own data
+/// directory that root must not do by following its paths; its stdout when it succeeds.
+fn pgha_as_postgres(args: &[&std::ffi::OsStr], stdin: Option<&[u8]>, what: &str) -> Result<Vec<u8>> {
     let mut command = postgres_command(&crate::host::pgha_program().display().to_string())?;
-    command.arg("rewind-save").arg("--data-dir").arg(&cluster.data_dir).arg("--into").arg(into);
-    let output = output_tracked(&mut command, "pgha rewind-save", Some(&serde_json::to_vec(manifest)?))?;
+    command.args(args);
+    let output = output_tracked(&mut command, what, stdin)?;
     if !output.status.success() {
-        bail!("saving what pg_rewind changes failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        bail!("{what} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let number = |key: &str| report[key].as_u64().unwrap_or(0);
+    Ok(output.stdout)
+}
+
+/// Saves `manifest`'s entries of the data directory into `into` (see `files::rewind_save`).
+fn save_changed(cluster: &Cluster, into: &Path, manifest: &Manifest) -> Result<SaveReport> {
+    let args = [
+        "rewind-save".as_ref(),
+        "--data-dir".as_ref(),
+        cluster.data_dir.as_os_str(),
+        "--into".as_ref(),
+        into.as_os_str(),
+    ];
+    let stdout = pgha_as_postgres(&args, Some(&serde_json::to_vec(manifest)?), "saving what pg_rewind changes")?;
+    let report: SaveReport = serde_json::from_slice(&stdout).context("pgha rewind-save answered no report")?;
     log::info!(
         "saved what pg_rewind will change in {}: {} files, {}",
         into.display(),
-        number("files"),
-        format_bytes(number("bytes"))
+        report.files,
+        format_bytes(report.bytes)
     );
-    Ok((number("files"), number("bytes"), number("cloned")))
+    Ok(report)
 }
 
-/// Runs pgha itself as postgres to put back what `save_changed` saved in `from`.
+/// Puts back what `save_changed` saved in `from`.
 pub fn restore_changed(cluster: &Cluster, from: &Path) -> Result<()> {
-    let mut command = postgres_command(&crate::host::pgha_program().display().to_string())?;
-    command.arg("rewind-restore").arg("--data-dir").arg(&cluster.data_dir).arg("--from").arg(from);
-    let output = output_tracked(&mut command, "pgha rewind-restore", None)?;
-    if !output.status.success() {
-        bail!("putting back {} failed: {}", from.display(), String::from_utf8_lossy(&output.stderr).trim());
-    }
+    let args = [
+        "rewind-restore".as_ref(),
+        "--data-dir".as_ref(),
+        cluster.data_dir.as_os_str(),
+        "--from".as_ref(),
+        from.as_os_str(),
+    ];
+    pgha_as_postgres(&args, None, &format!("putting back {}", from.display()))?;
     Ok(())
 }
 
