@@ -192,10 +192,7 @@ pub(crate) fn gather(config_path: &Path, limits: &Limits, free: FreeLimits, warn
 /// The archive directory measured from metadata (never following a link), and its filesystem
 /// when it is not the data directory's.
 fn archive_facts(directory: &Path, data_dir: &Path) -> ArchiveFacts {
-    let usage = crate::files::archive::usage(directory).unwrap_or_else(|error| {
-        log::debug!("{error:#}");
-        None
-    });
+    let usage = crate::files::archive::usage(directory);
     let device = |path: &Path| std::fs::metadata(path).map(|metadata| metadata.dev()).ok();
     let shared = device(directory).is_some() && device(directory) == device(data_dir);
     ArchiveFacts {

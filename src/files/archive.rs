@@ -300,16 +300,10 @@ pub struct Usage {
     pub dropped: u64,
 }
 
-/// Measures `directory` from metadata alone. None when it does not exist.
-pub fn usage(directory: &Path) -> Result<Option<Usage>> {
-    let found = match entries(directory) {
-        Ok(found) => found,
-        Err(error) if fs::symlink_metadata(directory).is_err() => {
-            log::debug!("{error:#}");
-            return Ok(None);
-        }
-        Err(error) => return Err(error),
-    };
+/// Measures `directory` from metadata alone. None when it cannot be listed (missing, not a
+/// directory, or unreadable): status then says the archive directory cannot be read.
+pub fn usage(directory: &Path) -> Option<Usage> {
+    let found = entries(directory).map_err(|error| log::debug!("{error:#}")).ok()?;
     let mut usage = Usage::default();
     for entry in found {
         if entry.name.ends_with(DROPPED_SUFFIX) {
@@ -319,7 +313,7 @@ pub fn usage(directory: &Path) -> Result<Option<Usage>> {
             usage.bytes = usage.bytes.saturating_add(entry.bytes);
         }
     }
-    Ok(Some(usage))
+    Some(usage)
 }
 
 #[cfg(test)]
@@ -494,7 +488,7 @@ mod tests {
         let limits = ArchiveLimits { max_bytes: None, min_free_bytes: Some(u64::MAX / 2) };
         assert!(matches!(archive_segment(&source, archive.path(), SEGMENT, limits).unwrap(), Archived::Dropped { .. }));
         assert_eq!(names(archive.path()), [format!("{SEGMENT}.pgha-dropped")]);
-        assert_eq!(usage(archive.path()).unwrap(), Some(Usage { bytes: 0, files: 0, dropped: 1 }));
+        assert_eq!(usage(archive.path()), Some(Usage { bytes: 0, files: 0, dropped: 1 }));
         // With room again, the next segment is archived.
         let room = ArchiveLimits { max_bytes: None, min_free_bytes: Some(1) };
         let next = "000000010000000000000006";
@@ -550,7 +544,7 @@ mod tests {
         assert_eq!(names(dir).len(), 5, "a dry run deleted something");
         assert_eq!(prune_to_size(dir, 150, None, false).unwrap(), Pruned { count: 2, bytes: 200, failed: 0 });
         assert_eq!(names(dir), ["000000010000000000000000", "000000010000000000000003", "00000002.history"]);
-        assert_eq!(usage(dir).unwrap(), Some(Usage { bytes: 100, files: 1, dropped: 0 }));
-        assert_eq!(usage(&dir.join("missing")).unwrap(), None);
+        assert_eq!(usage(dir), Some(Usage { bytes: 100, files: 1, dropped: 0 }));
+        assert_eq!(usage(&dir.join("missing")), None);
     }
 }
