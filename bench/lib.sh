@@ -64,6 +64,16 @@ on() { ip netns exec "$1" "${@:2}"; }
 ns_of() { [ "$1" = "$CL_A" ] && echo "$NS_A" || echo "$NS_B"; }
 conf_of() { echo "$WORK/$1.conf"; }
 
+# CL_A and CL_B, both on PORT, each with its socket directory.
+bench_create_one_port_clusters() {
+    local cl
+    for cl in "$CL_A" "$CL_B"; do
+        install -d -o postgres -g postgres "$(sock "$cl")"
+        BENCH_CLUSTERS_MADE+=("$cl")
+        pg_createcluster "$VERSION" "$cl" -p "$PORT" --socketdir="$(sock "$cl")" >/dev/null
+    done
+}
+
 bench_setup_hosts() {
     local ns
     for ns in "$NS_A" "$NS_B"; do

@@ -126,11 +126,7 @@ if [ "$MODE" = realistic ]; then
     echo "== setting up two hosts and a scale-$SCALE pgbench primary ($avail_mb MB free, about $need_mb MB needed)"
     bench_setup_hosts
     bench_refuse_existing_clusters
-    for cl in "$CL_A" "$CL_B"; do
-        install -d -o postgres -g postgres "$(sock "$cl")"
-        BENCH_CLUSTERS_MADE+=("$cl")
-        pg_createcluster $VERSION "$cl" -p $PORT --socketdir="$(sock "$cl")" >/dev/null
-    done
+    bench_create_one_port_clusters
     on "$NS_A" pg_ctlcluster $VERSION $CL_A start
     bench_write_password
     # The same pgha.conf on both hosts (but the cluster name), as after any promote.

@@ -43,10 +43,8 @@ ip_of() { [ "$1" = "$CL_A" ] && echo "$IP_A" || echo "$IP_B"; }
 echo "== setting up two hosts and a scale-$SCALE pgbench primary"
 bench_setup_hosts
 bench_refuse_existing_clusters
+bench_create_one_port_clusters
 for cl in "$CL_A" "$CL_B"; do
-    install -d -o postgres -g postgres "$(sock "$cl")"
-    BENCH_CLUSTERS_MADE+=("$cl")
-    pg_createcluster $VERSION "$cl" -p $PORT --socketdir="$(sock "$cl")" >/dev/null
     # The tick writer logs in as postgres over TCP from either host.
     echo "host postgres postgres 10.233.0.0/24 trust" >> /etc/postgresql/$VERSION/"$cl"/pg_hba.conf
 done
