@@ -108,6 +108,24 @@ pub fn received() -> Option<i32> {
     }
 }
 
+/// The signal received, counting the one that may have killed `child` too: systemd signals a
+/// unit's whole control group at once, so a child can die of it before the thread that records
+/// it for this process has run. Waits up to a second for that thread after such a death.
+pub fn received_by(child: std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    if received().is_some() || !matches!(child.signal(), Some(SIGTERM | SIGINT | SIGHUP)) {
+        return received();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        if let Some(signal) = received() {
+            return Some(signal);
+        }
+    }
+    None
+}
+
 /// Fails once a signal arrived, unless the run is finishing (an undo, or a step past its point of
 /// no return). Called before each child starts and in every wait.
 pub fn check() -> Result<()> {
@@ -138,5 +156,20 @@ impl Drop for Tracked {
         if let Ok(mut list) = CHILDREN.lock() {
             list.retain(|pid| *pid != self.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_killed_by_a_signal_waits_briefly_for_this_process_to_record_it() {
+        use std::os::unix::process::ExitStatusExt;
+        let started = std::time::Instant::now();
+        assert_eq!(received_by(std::process::ExitStatus::from_raw(1 << 8)), None, "an ordinary failure");
+        assert!(started.elapsed() < std::time::Duration::from_millis(100), "no wait for an ordinary failure");
+        assert_eq!(received_by(std::process::ExitStatus::from_raw(SIGTERM)), None, "nothing arrived here");
+        assert!(started.elapsed() >= std::time::Duration::from_secs(1), "it waited for the signal thread");
     }
 }

@@ -68,16 +68,20 @@ pub fn output_tracked(command: &mut Command, what: &str, stdin: Option<&[u8]>) -
         let _ = pipe.write_all(input);
     }
     let output = child.wait_with_output().with_context(|| format!("{what} did not finish"))?;
-    interrupted_if_killed(&output, what)?;
+    interrupted_if_killed(output.status, what)?;
     Ok(output)
 }
 
 /// The error for a child that ended unsuccessfully after a signal arrived.
-pub fn interrupted_if_killed(output: &Output, what: &str) -> Result<()> {
-    match signals::received() {
-        Some(signal) if !output.status.success() => Err(anyhow::Error::new(signals::Interrupted { signal })
-            .context(format!("{what} was stopped ({})", output.status))),
-        _ => Ok(()),
+pub fn interrupted_if_killed(status: std::process::ExitStatus, what: &str) -> Result<()> {
+    if status.success() {
+        return Ok(());
+    }
+    match signals::received_by(status) {
+        Some(signal) => {
+            Err(anyhow::Error::new(signals::Interrupted { signal }).context(format!("{what} was stopped ({status})")))
+        }
+        None => Ok(()),
     }
 }
 

@@ -94,10 +94,7 @@ pub fn invoke_pg_basebackup(
         }
     }
     let status = child.wait().context("pg_basebackup did not finish")?;
-    if let (Some(signal), false) = (crate::signals::received(), status.success()) {
-        return Err(anyhow::Error::new(crate::signals::Interrupted { signal })
-            .context(format!("pg_basebackup was stopped ({status})")));
-    }
+    crate::tools::interrupted_if_killed(status, "pg_basebackup")?;
     if !status.success() {
         bail!("pg_basebackup failed ({status}):\n{}", tail.join("\n"));
     }
