@@ -79,11 +79,6 @@ fn pgha_dirs(cluster: &TestCluster) -> Vec<String> {
     names
 }
 
-fn veth(netns: &Netns) -> String {
-    let out = run_ok(Command::new("ip").args(["-n", &netns.name, "-o", "link", "show", "type", "veth"]));
-    out.split(": ").nth(1).and_then(|name| name.split('@').next()).unwrap().to_string()
-}
-
 fn wait_streaming(setup: &TwoHosts) {
     setup.a.wait_for(
         &format!("SELECT state FROM pg_stat_replication WHERE client_addr = '{}'", setup.hosts.b_ip),
@@ -105,7 +100,7 @@ fn a_standby_whose_primary_is_unreachable_is_kept_and_reported() {
     let kept = pgha_dirs(b);
     let inode = fs::metadata(b.data_dir()).unwrap().ino();
     // As at boot: the link is down, and the standby comes up without its primary.
-    let link = veth(&setup.hosts.b);
+    let link = setup.hosts.b.veth();
     run_ok(Command::new("ip").args(["-n", &setup.hosts.b.name, "link", "set", &link, "down"]));
     b.stop();
     b.start();

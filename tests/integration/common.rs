@@ -101,6 +101,17 @@ impl Netns {
         command.args(["netns", "exec", &self.name, program]);
         command
     }
+
+    /// The name of this host's end of the veth pair, for cutting its link.
+    pub fn veth(&self) -> String {
+        let links = run_ok(Command::new("ip").args(["-n", &self.name, "-o", "link", "show", "type", "veth"]));
+        links
+            .split(": ")
+            .nth(1)
+            .and_then(|name| name.split('@').next())
+            .unwrap_or_else(|| panic!("{} has no veth: {links}", self.name))
+            .to_string()
+    }
 }
 
 impl Drop for Netns {

@@ -107,7 +107,7 @@ fn returning_old_primary(crash: bool) {
 
     // A powers off (or dies after writing rows B never gets); B is promoted by hand and takes writes.
     if crash {
-        let veth = veth_of(&p.hosts.b.name);
+        let veth = p.hosts.b.veth();
         run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "down"]));
         a.psql("INSERT INTO rows SELECT 'fork' FROM generate_series(1, 7)");
         let pid = fs::read_to_string(a.data_dir().join("postmaster.pid")).unwrap();
@@ -194,17 +194,6 @@ fn returning_old_primary(crash: bool) {
         assert!(!run.stdout.contains("fenced"), "{host}: {}", run.stdout);
         assert!(run.code < 2, "{host} status: {}", run.stdout);
     }
-}
-
-/// The veth of host NETNS, whose link the crash test cuts so the fork stays on A.
-fn veth_of(netns: &str) -> String {
-    let links = run_ok(Command::new("ip").args(["-n", netns, "-o", "link", "show"]));
-    links
-        .lines()
-        .filter_map(|line| line.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap().to_string())
-        .find(|name| name != "lo")
-        .expect("the host has a veth")
 }
 
 /// One cluster on A whose only other member (B's address) has no server: nobody answers.

@@ -120,15 +120,9 @@ fn assert_b_untouched(setup: &TwoHosts) {
     assert!(!staging_dir(b).exists(), "staging directory left behind");
 }
 
-/// The veth interface of a test host.
-fn veth(netns: &Netns) -> String {
-    let out = run_ok(Command::new("ip").args(["-n", &netns.name, "-o", "link", "show", "type", "veth"]));
-    out.split(": ").nth(1).and_then(|name| name.split('@').next()).unwrap().to_string()
-}
-
 /// Makes A's link slow (about 4 MB/s), so a clone of a fresh cluster lasts several seconds.
 fn throttle(setup: &TwoHosts) {
-    let dev = veth(&setup.hosts.a);
+    let dev = setup.hosts.a.veth();
     run_ok(
         setup
             .hosts
@@ -280,7 +274,7 @@ fn a_primary_that_vanishes_mid_clone_ends_in_the_undo() {
     throttle(&setup);
     let (child, lines) = start_clone(&setup);
     std::thread::sleep(Duration::from_secs(2));
-    run_ok(setup.hosts.a.exec("ip").args(["link", "set", &veth(&setup.hosts.a), "down"]));
+    run_ok(setup.hosts.a.exec("ip").args(["link", "set", &setup.hosts.a.veth(), "down"]));
     let cut = Instant::now();
 
     let (code, stderr) = wait_bounded(child, lines, Duration::from_secs(120));
