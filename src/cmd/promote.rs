@@ -54,37 +54,31 @@ impl PromoteArgs {
         }
         let password = config.read_password()?;
         let passfile = PrivatePassfile::new(config, &password)?;
-        let objections = objections(config, cluster, &passfile.path, own, &target)?;
-        if !objections.is_empty() {
-            let list = objections.join("; ");
-            if !self.force {
-                bail!("refusing to promote: {list}. {CONSEQUENCE}; {ADVICE}");
+        let (own_replayed, mut objections) = local_objections(cluster, &target)?;
+        if self.force {
+            // --force overrides whatever the members say, so asking them must not hold the promote
+            // back: a host that died silently answers nothing until the connect timeout. They are
+            // asked meanwhile, and what they said is reported once the promote is done.
+            let said = std::thread::scope(|scope| -> Result<Vec<String>> {
+                let members = scope.spawn(|| member_objections(config, cluster, &passfile.path, own, own_replayed));
+                promote_now(config, cluster, &target, own, started)?;
+                Ok(members.join().expect("the member survey panicked"))
+            })?;
+            objections.extend(said);
+            if !objections.is_empty() {
+                log::warn!("--force overrode: {}", objections.join("; "));
             }
-            log::warn!("--force overrides: {list}");
+        } else {
+            objections.extend(member_objections(config, cluster, &passfile.path, own, own_replayed));
+            if !objections.is_empty() {
+                bail!("refusing to promote: {}. {CONSEQUENCE}; {ADVICE}", objections.join("; "));
+            }
+            promote_now(config, cluster, &target, own, started)?;
         }
         drop(passfile);
-        // A standby pgha set up has it already; one set up by hand or before pgha made it gets it
-        // now, before the first segment of the new timeline needs archiving.
-        if config.archive.enabled {
-            if let Some(Step::CreateDir { path, ownership }) = crate::primary::archive_dir_step(config)? {
-                log::info!("creating the archive directory {}", path.display());
-                crate::files::apply::create_dir(&path, ownership)?;
-            }
-        }
-        // From the moment the server is asked to promote there is no way back: a signal from here
-        // on lets the promote and the steps after it finish, and is only reported.
-        crate::signals::finish_from_here();
-        promote(cluster, &target)?;
-        wait_for_writes(&target, cluster)?;
-        println!(
-            "cluster {} on {own} is now the primary: it accepted a write {} ms after the command started",
-            cluster.id(),
-            started.elapsed().as_millis()
-        );
-        // The end-of-recovery checkpoint is a spread one: until it ends, pg_control still shows the
-        // old timeline, and pg_rewind on the old primary would wrongly find nothing to rewind.
-        log::info!("writing a checkpoint so pg_control shows the new timeline");
-        query(&target, "CHECKPOINT")?;
+        // Before the checkpoint: a slot reserves from the last checkpoint's redo, which until the
+        // next one is still from before the promote, so each member, the old primary above all,
+        // finds all the WAL from where it left off, whatever wal_keep_size is.
         if config.replication.slots {
             for address in config.node_addresses().into_iter().filter(|address| *address != own) {
                 if ensure_slot(&target, &standby_name(address), cluster.version)? {
@@ -92,6 +86,10 @@ impl PromoteArgs {
                 }
             }
         }
+        // The end-of-recovery checkpoint is a spread one: until it ends, pg_control still shows the
+        // old timeline, and pg_rewind on the old primary would wrongly find nothing to rewind.
+        log::info!("writing a checkpoint so pg_control shows the new timeline");
+        query(&target, "CHECKPOINT")?;
         // From 10 a standby's primary_conninfo lists every member with target_session_attrs=read-write.
         let others = if cluster.version.has_wal_names() {
             format!("every other standby follows {own} by itself (its primary_conninfo lists every member)")
@@ -120,22 +118,58 @@ impl PromoteArgs {
     }
 }
 
+/// The promote itself, from the archive directory it needs to the first accepted write.
+fn promote_now(config: &Config, cluster: &Cluster, target: &Target, own: IpAddr, started: Instant) -> Result<()> {
+    // A standby pgha set up has it already; one set up by hand or before pgha made it gets it
+    // now, before the first segment of the new timeline needs archiving.
+    if config.archive.enabled {
+        if let Some(Step::CreateDir { path, ownership }) = crate::primary::archive_dir_step(config)? {
+            log::info!("creating the archive directory {}", path.display());
+            crate::files::apply::create_dir(&path, ownership)?;
+        }
+    }
+    // From the moment the server is asked to promote there is no way back: a signal from here
+    // on lets the promote and the steps after it finish, and is only reported.
+    crate::signals::finish_from_here();
+    promote(cluster, target)?;
+    wait_for_writes(target, cluster)?;
+    println!(
+        "cluster {} on {own} is now the primary: it accepted a write {} ms after the command started",
+        cluster.id(),
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
+
 const CONSEQUENCE: &str = "Promoting now could make two primaries that both accept writes, or lose WAL another \
                            standby holds";
 const ADVICE: &str = "for a planned change of primary, use `pgha switchover`; if the old primary is fenced \
                       (no client can reach it) and you accept losing what it did not send, use --force";
 
-/// The guard against two writable primaries and against promoting the wrong standby. Objects
-/// when this standby still streams; when any other member answers as a primary, or as a server
-/// starting up, shutting down or in crash recovery (alive, and maybe about to accept writes);
-/// when another standby still streams from a primary; and when another standby has replayed
-/// further than this one. Each objection is a sentence; none means the promote is safe.
-fn objections(config: &Config, cluster: &Cluster, passfile: &Path, own: IpAddr, local: &Target) -> Result<Vec<String>> {
+/// What this standby itself objects to a promote: it still streams, so its primary is up. Also
+/// returns how far it has replayed, which the members' objections compare with.
+fn local_objections(cluster: &Cluster, local: &Target) -> Result<(Option<Lsn>, Vec<String>)> {
     let mut objections = Vec::new();
     if wal_receiver_streaming(local, cluster.version).unwrap_or(false) {
         objections.push("this standby is streaming from its primary right now, so that primary is up".to_string());
     }
     let own_replayed: Option<Lsn> = query_value(local, &replayed_sql(cluster.version))?.parse().ok();
+    Ok((own_replayed, objections))
+}
+
+/// The guard against two writable primaries and against promoting the wrong standby, from the
+/// other members: objects when any answers as a primary, or as a server starting up, shutting
+/// down or in crash recovery (alive, and maybe about to accept writes); when another standby
+/// still streams from a primary; and when another standby has replayed further than this one
+/// (`own_replayed`). Each objection is a sentence; none means the promote is safe.
+fn member_objections(
+    config: &Config,
+    cluster: &Cluster,
+    passfile: &Path,
+    own: IpAddr,
+    own_replayed: Option<Lsn>,
+) -> Vec<String> {
+    let mut objections = Vec::new();
     let survey = survey(config, passfile, cluster.version, Some(own));
     for (address, probe) in &survey.probes {
         match probe {
@@ -176,7 +210,7 @@ fn objections(config: &Config, cluster: &Cluster, passfile: &Path, own: IpAddr, 
             }
         }
     }
-    Ok(objections)
+    objections
 }
 
 /// Whether a standby's WAL receiver streams (9.5 cannot tell: no).

@@ -11,6 +11,8 @@ use crate::common::*;
 
 const PASSWORD: &str = "d2-s3cret-'q'-\\x";
 const WAIT: Duration = Duration::from_secs(60);
+/// How long pgha waits for a member that does not answer (its MEMBER_CONNECT_TIMEOUT).
+const MEMBER_CONNECT_TIMEOUT_MS: u128 = 3000;
 
 type Pair = TwoHosts;
 
@@ -21,18 +23,6 @@ fn pair() -> Option<Pair> {
     assert_eq!(out.code, 0, "pgha standby failed: {}\n{}", out.stdout, out.stderr);
     pair.a.psql("CREATE TABLE stages (stage text, n int)");
     Some(pair)
-}
-
-impl TwoHosts {
-    fn veth_b(&self) -> String {
-        let links = run_ok(Command::new("ip").args(["-n", &self.hosts.b.name, "-o", "link", "show"]));
-        links
-            .lines()
-            .filter_map(|line| line.split(": ").nth(1))
-            .map(|name| name.split('@').next().unwrap().to_string())
-            .find(|name| name != "lo")
-            .expect("B has a veth")
-    }
 }
 
 fn write(cluster: &TestCluster, stage: &str, rows: u32) {
@@ -193,9 +183,10 @@ fn failover_rewinds_the_old_primary_and_keeps_its_fork_aside() {
     write(a, "1-before", 100);
     b.wait_for("SELECT count(*) FROM stages", "100", WAIT);
 
-    // A commits rows B never receives, then dies.
-    let veth = p.veth_b();
-    run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "down"]));
+    // A commits rows B never receives, then dies. The link is cut on A's side, so that B sees A
+    // fall silent, as when a host dies, not "unreachable".
+    let veth = p.hosts.a.veth();
+    run_ok(Command::new("ip").args(["-n", &p.hosts.a.name, "link", "set", &veth, "down"]));
     write(a, "2-fork", 40);
     a.psql("CHECKPOINT");
     write(a, "2-fork-more", 10);
@@ -206,7 +197,22 @@ fn failover_rewinds_the_old_primary_and_keeps_its_fork_aside() {
     // walsender had queued, and B must not receive any of the fork.
     let promoted = p.run_b(&["promote", "--force"]);
     assert_eq!(promoted.code, 0, "{}\n{}", promoted.stdout, promoted.stderr);
-    run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "up"]));
+    // --force overrides whatever A would say, so the promote does not wait for silent A's connect
+    // timeout: the first write comes well before that timeout could have run out.
+    let promote_ms: u128 = promoted
+        .stdout
+        .split("accepted a write ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no promote time reported: {}", promoted.stdout));
+    assert!(
+        promote_ms < MEMBER_CONNECT_TIMEOUT_MS,
+        "the promote waited for the silent member ({promote_ms} ms): {}",
+        promoted.stderr
+    );
+    assert!(promoted.stderr.contains("is no primary"), "A was still asked: {}", promoted.stderr);
+    run_ok(Command::new("ip").args(["-n", &p.hosts.a.name, "link", "set", &veth, "up"]));
     write(b, "3-after-failover", 30);
 
     // A test database is smaller than the WAL pg_rewind copies: --rewind keeps rejoin from cloning.

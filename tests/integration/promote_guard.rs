@@ -101,11 +101,11 @@ fn a_standby_behind_another_is_not_promoted_unless_forced() {
     eprintln!("{}", out.stdout.lines().next().unwrap_or_default());
     assert_eq!(three.c.psql("SELECT count(*) FROM only_c_has_it"), "1000");
 
-    // --force on B overrides, and says what it overrode: C answers as a writable primary now.
+    // --force on B overrides, and says afterwards what it overrode: C answers as a writable primary now.
     let out = three.run(1, &["promote", "--force"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(
-        out.stderr.contains("--force overrides")
+        out.stderr.contains("--force overrode")
             && out.stderr.contains(&format!("{} answers as a writable primary", three.hosts.c_ip)),
         "{}",
         out.stderr
