@@ -611,6 +611,7 @@ const BUILDERS: &[&str] = &[
     "wal_receiver_sql",
     "primary_facts_sql",
     "DATABASE_SIZE_SQL",
+    "kept_wal_sql",
     "slot_state_sql",
     "drop_slot_sql",
     "create_slot_sql",
@@ -683,6 +684,9 @@ fn built_statements(version: PgVersion) -> Vec<Sent> {
     ];
     statements.push(sent("members::WRITABLE_SQL", crate::members::WRITABLE_SQL));
     statements.push(sent("cmd::promote::replayed_sql", crate::cmd::promote::replayed_sql(version)));
+    if let Some(sql) = preflight::kept_wal_sql(version) {
+        statements.push(sent("standby::preflight::kept_wal_sql", sql));
+    }
     if let Some(sql) = crate::cmd::promote::receiver_streaming_sql(version) {
         statements.push(sent("cmd::promote::receiver_streaming_sql", sql));
     }

@@ -25,6 +25,9 @@ pub struct PrimaryFacts {
     pub slot: Option<SlotState>,
     /// Sum of pg_database_size over all databases; None when the primary would not tell.
     pub database_bytes: Option<u64>,
+    /// The WAL files the primary keeps, all of which pg_rewind before 19 copies; None when the
+    /// version has no pg_ls_waldir, copies less, or the primary would not tell.
+    pub kept_wal_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,8 +132,23 @@ pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: S
             available >> 20
         );
     }
+    let kept_wal_bytes = kept_wal_sql(version).and_then(|sql| match query_value(&remote, sql) {
+        Ok(value) => value.parse().ok(),
+        Err(error) => {
+            log::info!("cannot learn how much WAL the primary keeps: {error:#}");
+            None
+        }
+    });
     check_swappable(&cluster.data_dir)?;
-    Ok(PrimaryFacts { system_identifier, version, ssl: ssl == "on", max_wal_senders, slot, database_bytes })
+    Ok(PrimaryFacts {
+        system_identifier,
+        version,
+        ssl: ssl == "on",
+        max_wal_senders,
+        slot,
+        database_bytes,
+        kept_wal_bytes,
+    })
 }
 
 /// The primary's version, platform, TLS, wal_level and walsenders (those not used by this host).
@@ -144,6 +162,13 @@ pub(crate) fn primary_facts_sql(own_address: IpAddr) -> String {
 }
 
 pub(crate) const DATABASE_SIZE_SQL: &str = "SELECT sum(pg_database_size(oid))::bigint FROM pg_database";
+
+/// The bytes in the primary's WAL directory, all of which pg_rewind copies from 10 (pg_ls_waldir,
+/// granted through pg_monitor) to 18 (19 skips the WAL from before the divergence).
+pub(crate) fn kept_wal_sql(version: PgVersion) -> Option<&'static str> {
+    (version.has_wal_names() && version < PgVersion::new(19, 0))
+        .then_some("SELECT coalesce(sum(size), 0)::bigint FROM pg_ls_waldir()")
+}
 
 fn check_platform(context: &StandbyContext, primary_version: &str) -> Result<()> {
     let Some((primary_arch, primary_bits)) = parse_platform(primary_version) else {

@@ -221,6 +221,20 @@ pub fn clone_is_cheaper(copy_bytes: Option<u64>, clone_bytes: Option<u64>, save_
     })
 }
 
+/// Whether the WAL the primary keeps, which pg_rewind copies whole before 19, already exceeds
+/// what a full clone copies; the same rule as [`clone_is_cheaper`], decided before the dry run.
+pub fn wal_outweighs_clone(kept_wal_bytes: Option<u64>, clone_bytes: Option<u64>) -> Option<String> {
+    let (wal, clone) = (kept_wal_bytes?, clone_bytes?);
+    (wal > clone).then(|| {
+        format!(
+            "pg_rewind would copy every WAL file the primary keeps, {}, more than the {} a full clone copies \
+             (`pgha rejoin --rewind` rewinds anyway)",
+            format_bytes(wal),
+            format_bytes(clone)
+        )
+    })
+}
+
 /// pg_rewind into place, standby configuration, start (unless `start` is false), wait for
 /// streaming; or, when `choose` and a clone copies less, the reason to clone instead, decided
 /// before anything changed.
@@ -234,6 +248,11 @@ pub fn rewind(
     choose: bool,
 ) -> Result<RewindOutcome> {
     let cluster = context.cluster;
+    // pg_rewind copies at least the primary's WAL: when that alone outweighs a clone, the crash
+    // recovery and the dry run would only confirm it.
+    if let Some(reason) = wal_outweighs_clone(primary.kept_wal_bytes, primary.database_bytes).filter(|_| choose) {
+        return Ok(RewindOutcome::CloneCheaper(reason));
+    }
     shut_down_cleanly(context, primary)?;
     let conninfo = primary_client_conninfo(context.config, context.primary, passfile, primary.version, "postgres");
     log::info!("asking pg_rewind --dry-run what a rewind from {} would copy and change", context.primary);
@@ -309,7 +328,7 @@ pub fn rewind(
             (None, Keep::ForkOnly) => None,
         };
         log::info!("running pg_rewind from {}", context.primary);
-        let output = match invoke_pg_rewind(cluster, &conninfo, false) {
+        let output = match invoke_pg_rewind(cluster, &conninfo) {
             Ok(output) => output,
             Err(error) => {
                 if let Some((saved, _)) = &saved {
@@ -481,6 +500,16 @@ mod tests {
         assert!(!before("pg_wal/00000002.history"));
         assert!(!before("base/1/000000010000000000000001"));
         assert!(!wal_before_divergence("pg_wal/000000020000000000000003", diverged, 2, 0));
+    }
+
+    #[test]
+    fn the_primary_s_wal_alone_can_decide_for_a_clone() {
+        let gb = 1 << 30;
+        assert!(wal_outweighs_clone(Some(2 * gb), Some(gb)).unwrap().contains("2.0 GB"));
+        assert_eq!(wal_outweighs_clone(Some(gb), Some(2 * gb)), None);
+        assert_eq!(wal_outweighs_clone(Some(gb), Some(gb)), None, "equal: the dry run decides");
+        assert_eq!(wal_outweighs_clone(None, Some(gb)), None);
+        assert_eq!(wal_outweighs_clone(Some(2 * gb), None), None);
     }
 
     #[test]

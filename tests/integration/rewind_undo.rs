@@ -46,12 +46,7 @@ fn diverged(rows: u32, fork_sql: &str, after_sql: &str) -> Option<TwoHosts> {
     a.psql("CREATE TABLE rows (stage text, n int, pad text)");
     a.psql(&format!("INSERT INTO rows SELECT 'before', g, md5(g::text) FROM generate_series(1, {rows}) g"));
     b.wait_for("SELECT count(*) FROM rows", &rows.to_string(), WAIT);
-    let veth = run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "-o", "link", "show"]))
-        .lines()
-        .filter_map(|line| line.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap().to_string())
-        .find(|name| name != "lo")
-        .unwrap();
+    let veth = p.hosts.b.veth();
     run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "down"]));
     a.psql(fork_sql);
     a.stop();
@@ -122,6 +117,8 @@ fn a_rewind_left_stopped_is_undone_bit_for_bit_and_rejoins_later() {
 
 /// Every page of the table changed on A after the divergence: pg_rewind would copy all of them
 /// back and pgha would save all of them first, more than the whole database a clone copies.
+/// (The WAL B keeps may already outweigh the database and decide before the dry run: either way
+/// rejoin names what a clone copies.)
 #[test]
 fn a_rewind_that_would_cost_more_than_a_clone_clones_and_says_why() {
     let Some(p) = diverged(300_000, "UPDATE rows SET pad = md5(pad)", "SELECT 1") else { return };
@@ -138,6 +135,33 @@ fn a_rewind_that_would_cost_more_than_a_clone_clones_and_says_why() {
     b.psql("INSERT INTO rows VALUES ('after', 1, '')");
     a.wait_for("SELECT count(*) FROM rows WHERE stage = 'after'", "1", WAIT);
     assert_eq!(a.psql("SELECT sum(length(pad)) FROM rows"), b.psql("SELECT sum(length(pad)) FROM rows"));
+}
+
+/// The new primary keeps more WAL than its whole database (ten switched segments), all of which
+/// pg_rewind before 19 copies: rejoin clones at once, without the crash recovery and dry run it
+/// would otherwise pay to find that out.
+#[test]
+fn a_primary_keeping_more_wal_than_its_data_is_cloned_without_a_dry_run() {
+    let switches = "CREATE TABLE switches (n int); \
+                    DO $$ BEGIN FOR i IN 1..10 LOOP INSERT INTO switches VALUES (i); PERFORM pg_switch_wal(); END LOOP; END $$";
+    let Some(p) = diverged(1000, "INSERT INTO rows SELECT 'fork', g, '' FROM generate_series(1, 100) g", switches)
+    else {
+        return;
+    };
+    let (a, b) = (&p.a, &p.b);
+    let rejoined = p.run_a(&["rejoin"]);
+    assert_eq!(rejoined.code, 0, "{}\n{}", rejoined.stdout, rejoined.stderr);
+    assert!(rejoined.stdout.contains("by a full clone"), "{}", rejoined.stdout);
+    assert!(
+        rejoined.stderr.contains("cloning in full instead of pg_rewind")
+            && rejoined.stderr.contains("every WAL file the primary keeps"),
+        "says why: {}",
+        rejoined.stderr
+    );
+    assert!(!rejoined.stderr.contains("pg_rewind --dry-run"), "no dry run was needed: {}", rejoined.stderr);
+    b.psql("INSERT INTO rows VALUES ('after', 1, '')");
+    a.wait_for("SELECT count(*) FROM rows WHERE stage = 'after'", "1", WAIT);
+    assert_eq!(a.psql("SELECT count(*) FROM rows WHERE stage = 'fork'"), "0", "A has B's data");
 }
 
 /// A loop-mounted XFS filesystem with reflinks, unmounted (and its loop device freed) on drop.
