@@ -4,7 +4,11 @@ use anyhow::{bail, Context, Result};
 
 use crate::debian::Cluster;
 use crate::replication::Lsn;
-use crate::tools::{output_tracked, postgres_command};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::tools::{interrupted_if_killed, output_tracked, postgres_command, spawn_tracked};
 
 /// What pg_rewind's dry run reported.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,8 +129,8 @@ pub fn parse_file_map(output: &str) -> Vec<FileEntry> {
     entries
 }
 
-/// Runs pg_rewind as postgres on the cluster's data directory from `source_conninfo`.
-pub fn invoke_pg_rewind(cluster: &Cluster, source_conninfo: &str, dry_run: bool) -> Result<String> {
+/// pg_rewind as postgres on the cluster's data directory from `source_conninfo`.
+fn rewind_command(cluster: &Cluster, source_conninfo: &str) -> Result<Command> {
     let mut command = postgres_command(&cluster.bin("pg_rewind"))?;
     command
         .arg(format!("--target-pgdata={}", cluster.data_dir.display()))
@@ -135,20 +139,66 @@ pub fn invoke_pg_rewind(cluster: &Cluster, source_conninfo: &str, dry_run: bool)
     // --progress prints what it copies, --debug its file map: the dry run's figures decide between
     // rewind and clone, and the real run's file map is checked against what was saved.
     command.args(["--progress", "--debug"]);
-    if dry_run {
-        command.arg("--dry-run");
-    }
-    let output = output_tracked(&mut command, "pg_rewind", None)?;
+    Ok(command)
+}
+
+/// The rewind itself; its whole output.
+pub fn invoke_pg_rewind(cluster: &Cluster, source_conninfo: &str) -> Result<String> {
+    let output = output_tracked(&mut rewind_command(cluster, source_conninfo)?, "pg_rewind", None)?;
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     if !output.status.success() {
-        bail!("pg_rewind{} failed ({}):\n{}", if dry_run { " --dry-run" } else { "" }, output.status, text.trim());
+        bail!("pg_rewind failed ({}):\n{}", output.status, text.trim());
     }
     Ok(text)
 }
 
+/// pg_rewind --dry-run, read until its plan is complete. Past the plan a dry run fetches from the
+/// source everything it listed and throws it away, as long as the real copy takes; a dry run
+/// writes nothing, so it is stopped there and leaves nothing behind. Its output up to then.
+pub fn invoke_pg_rewind_plan(cluster: &Cluster, source_conninfo: &str) -> Result<String> {
+    let mut command = rewind_command(cluster, source_conninfo)?;
+    command.arg("--dry-run");
+    // One pipe for both streams, so that the lines arrive in the order pg_rewind wrote them.
+    let (reader, writer) = nix::unistd::pipe().context("cannot make a pipe for pg_rewind")?;
+    command.stdin(Stdio::null()).stdout(Stdio::from(writer.try_clone()?)).stderr(Stdio::from(writer));
+    let (mut child, _tracked) = spawn_tracked(&mut command, "pg_rewind --dry-run")?;
+    // The command holds the pipe's write end: reading only ends once every writer closed it.
+    drop(command);
+    let mut output = BufReader::new(File::from(reader));
+    let (mut text, mut line, mut stopped) = (String::new(), Vec::new(), false);
+    loop {
+        line.clear();
+        if output.read_until(b'\n', &mut line).context("cannot read pg_rewind's output")? == 0 {
+            break;
+        }
+        let line = String::from_utf8_lossy(&line);
+        text.push_str(&line);
+        if completes_plan(&line) {
+            let _ = child.kill();
+            stopped = true;
+            break;
+        }
+    }
+    let status = child.wait().context("pg_rewind --dry-run did not finish")?;
+    if stopped {
+        return Ok(text);
+    }
+    interrupted_if_killed(status, "pg_rewind --dry-run")?;
+    if !status.success() {
+        bail!("pg_rewind --dry-run failed ({status}):\n{}", text.trim());
+    }
+    Ok(text)
+}
+
+/// The line after which a dry run has said all it plans: "need to copy N MB (total source
+/// directory size is M MB)", printed (with --progress) after the file map and before the copy.
+pub fn completes_plan(line: &str) -> bool {
+    line.contains("need to copy ") && line.contains("total source directory size is")
+}
+
 /// pg_rewind's dry run: changes nothing, says whether and where the histories diverged.
 pub fn plan(cluster: &Cluster, source_conninfo: &str) -> Result<RewindReport> {
-    let text = invoke_pg_rewind(cluster, source_conninfo, true)?;
+    let text = invoke_pg_rewind_plan(cluster, source_conninfo)?;
     parse_rewind_output(&text).with_context(|| format!("cannot read pg_rewind's plan:\n{text}"))
 }
 
@@ -186,6 +236,21 @@ mod tests {
         assert!(!overwritten.is_empty());
         assert!(report.file_map.iter().any(|entry| entry.path == "pg_wal/000000010000000000000001"));
         assert!(report.file_map.iter().all(|entry| !entry.path.starts_with("received")), "chunk lines are no entries");
+    }
+
+    #[test]
+    fn the_plan_ends_at_need_to_copy_before_any_fetch() {
+        let saved = include_str!("../../tests/data/pg_rewind-15-dry-run-debug.txt");
+        let end = saved.lines().position(completes_plan).expect("the saved dry run has its plan line");
+        let plan: String = saved.lines().take(end + 1).map(|line| format!("{line}\n")).collect();
+        assert!(saved.lines().skip(end + 1).any(|line| line.contains("received chunk")), "the fetch comes after");
+        assert!(!plan.contains("received chunk"), "nothing is fetched before the plan is complete");
+        assert_eq!(
+            parse_rewind_output(&plan).unwrap().file_map,
+            parse_rewind_output(saved).unwrap().file_map,
+            "the plan up to that line holds the whole file map"
+        );
+        assert!(!completes_plan("pg_rewind: reading WAL in target"));
     }
 
     #[test]
