@@ -39,8 +39,10 @@ case $MODE in
     *) echo "$(basename "$0"): MODE is worst-case (the default) or realistic, not $MODE" >&2; exit 2 ;;
 esac
 # [primary] wal_keep_size for the run: pg_rewind (before PostgreSQL 19) copies every WAL segment the new
-# primary keeps, so this bounds its copy. pgha's default is 1GB.
-WAL_KEEP=${WAL_KEEP:-1GB}
+# primary keeps, so this bounds its copy. Unset: pgha's default (1GB).
+WAL_KEEP=${WAL_KEEP:-}
+KEEP_LINE=${WAL_KEEP:+wal_keep_size = \"$WAL_KEEP\"}
+KEEP_SHOWN=${WAL_KEEP:-pgha\'s default}
 REJOIN_FLAGS=${REJOIN_FLAGS:-}
 
 # Each line on stdin with the time it arrived, in seconds since the epoch (bash's own clock: no fork per
@@ -131,7 +133,7 @@ if [ "$MODE" = realistic ]; then
     bench_write_password
     # The same pgha.conf on both hosts (but the cluster name), as after any promote.
     for cl in "$CL_A" "$CL_B"; do
-        bench_config "$cl" $IP_A $PORT $IP_B 300s "wal_keep_size = \"$WAL_KEEP\"" > "$(conf_of "$cl")"
+        bench_config "$cl" $IP_A $PORT $IP_B 300s "$KEEP_LINE" > "$(conf_of "$cl")"
     done
     on "$NS_A" "$PGHA" --config "$(conf_of $CL_A)" primary >/dev/null
     runuser -u postgres -- $BIN/pgbench -q -i -s "$SCALE" -h "$(sock $CL_A)" -p $PORT postgres 2>&1 | tail -1
@@ -196,7 +198,7 @@ if [ "$MODE" = realistic ]; then
 
     R=$(median "${rl_rewind_s[@]}") C=$(median "${rl_clone_s[@]}")
     echo
-    echo "== results, medians of $RUNS (MODE=realistic, scale $SCALE, wal_keep_size $WAL_KEEP, rejoin flags: ${REJOIN_FLAGS:-none})"
+    echo "== results, medians of $RUNS (MODE=realistic, scale $SCALE, wal_keep_size $KEEP_SHOWN, rejoin flags: ${REJOIN_FLAGS:-none})"
     printf 'promote to first write : %s ms\n' "$( [ -n "${rl_promote_ms[*]}" ] && median "${rl_promote_ms[@]}" || echo n/a)"
     printf 'rejoin with pg_rewind  : %6.2f s\n' "$R"
     for p in "${phases[@]}"; do
@@ -227,8 +229,8 @@ bench_create_clusters
 on_a pg_ctlcluster $VERSION $A start
 
 bench_write_password
-bench_config $A $IP_A $PORT_A $IP_B 300s "wal_keep_size = \"$WAL_KEEP\"" > "$WORK/a.conf"
-bench_config $B $IP_A $PORT_A $IP_B 300s "wal_keep_size = \"$WAL_KEEP\"" > "$WORK/b.conf"
+bench_config $A $IP_A $PORT_A $IP_B 300s "$KEEP_LINE" > "$WORK/a.conf"
+bench_config $B $IP_A $PORT_A $IP_B 300s "$KEEP_LINE" > "$WORK/b.conf"
 
 on_a "$PGHA" --config "$WORK/a.conf" primary >/dev/null
 runuser -u postgres -- $BIN/pgbench -q -i -s "$SCALE" -h /var/run/postgresql -p $PORT_A postgres 2>&1 | tail -1
@@ -273,7 +275,7 @@ clone_s=$(elapsed "$t4" "$t5")
 ratio=$(echo "scale=3; $rewind_s / $clone_s" | bc)
 promote_cmd_s=$(elapsed "$t0" "$t1")
 echo
-echo "== results (scale $SCALE, wal_keep_size $WAL_KEEP, rejoin flags: ${REJOIN_FLAGS:-none})"
+echo "== results (scale $SCALE, wal_keep_size $KEEP_SHOWN, rejoin flags: ${REJOIN_FLAGS:-none})"
 printf 'rejoin with pg_rewind : %6.2f s\n' "$rewind_s"
 printf 'rejoin by full clone  : %6.2f s\n' "$clone_s"
 printf 'ratio rewind/clone    : %6.3f   (target <= 0.1: %s)\n' "$ratio" "$( [ "$(echo "$ratio <= 0.1" | bc)" = 1 ] && echo met || echo MISSED)"

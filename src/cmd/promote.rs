@@ -76,9 +76,9 @@ impl PromoteArgs {
             promote_now(config, cluster, &target, own, started)?;
         }
         drop(passfile);
-        // Before the checkpoint: a slot reserves from the last checkpoint's redo, which until the
-        // next one is still from before the promote, so each member, the old primary above all,
-        // finds all the WAL from where it left off, whatever wal_keep_size is.
+        // Before the checkpoint below: a slot reserves from the redo point of the last checkpoint
+        // begun (the last restartpoint, or the end-of-recovery checkpoint), so the members' slots
+        // hold the new timeline from its first segment on, not from after that checkpoint.
         if config.replication.slots {
             for address in config.node_addresses().into_iter().filter(|address| *address != own) {
                 if ensure_slot(&target, &standby_name(address), cluster.version)? {
