@@ -109,6 +109,10 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
         log::info!("stopping cluster {}", cluster.id());
         notify_status("stopping the local cluster");
         invoke_pg_ctlcluster(cluster, ClusterAction::Stop)?;
+    } else {
+        // A killed server's postmaster can still be a zombie, and the clone could not start on
+        // its port while the socket's lock file names a live-looking PID.
+        crate::standby::rewind::wait_for_dead_postmaster(&cluster.data_dir);
     }
     let mut created_slot = false;
     let result = (|| -> Result<u64> {

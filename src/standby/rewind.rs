@@ -129,9 +129,14 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
     Ok(())
 }
 
+/// Stopped without a clean shutdown (killed, or its host died): pg_rewind needs a recovery first.
+fn needs_crash_recovery(cluster: &Cluster) -> Result<bool> {
+    Ok(!is_online(cluster)? && !pg_controldata::read(cluster.version, &cluster.data_dir)?.is_shut_down())
+}
+
 /// A killed postmaster stays a zombie until its parent (init) reaps it, and PostgreSQL takes a
 /// zombie's PID in the socket lock file for a live server and refuses to start. Wait for the reaping.
-fn wait_for_dead_postmaster(data_dir: &Path) {
+pub(crate) fn wait_for_dead_postmaster(data_dir: &Path) {
     let Ok(Some(pid_file)) = read_text_capped(&data_dir.join("postmaster.pid"), 4096) else { return };
     let Some(pid) = pid_file.lines().next().and_then(|line| line.trim().parse::<u32>().ok()) else { return };
     let mut said = false;
@@ -221,8 +226,9 @@ pub fn clone_is_cheaper(copy_bytes: Option<u64>, clone_bytes: Option<u64>, save_
     })
 }
 
-/// Whether the WAL the primary keeps, which pg_rewind copies whole before 19, already exceeds
-/// what a full clone copies; the same rule as [`clone_is_cheaper`], decided before the dry run.
+/// Whether the WAL the primary keeps, which pg_rewind copies whole before 19 once the histories
+/// diverged, already exceeds what a full clone copies; the rule of [`clone_is_cheaper`], decided
+/// before the dry run.
 pub fn wal_outweighs_clone(kept_wal_bytes: Option<u64>, clone_bytes: Option<u64>) -> Option<String> {
     let (wal, clone) = (kept_wal_bytes?, clone_bytes?);
     (wal > clone).then(|| {
@@ -248,10 +254,14 @@ pub fn rewind(
     choose: bool,
 ) -> Result<RewindOutcome> {
     let cluster = context.cluster;
-    // pg_rewind copies at least the primary's WAL: when that alone outweighs a clone, the crash
-    // recovery and the dry run would only confirm it.
-    if let Some(reason) = wal_outweighs_clone(primary.kept_wal_bytes, primary.database_bytes).filter(|_| choose) {
-        return Ok(RewindOutcome::CloneCheaper(reason));
+    // A crashed former primary replays its WAL before pg_rewind can plan. If it diverged,
+    // pg_rewind copies at least the primary's WAL, and when that alone outweighs a clone, the
+    // recovery and the dry run would only confirm it. A cleanly stopped one may need no rewind
+    // at all (a switchover), which only its dry run, cheap then, can tell.
+    if choose && needs_crash_recovery(cluster)? {
+        if let Some(reason) = wal_outweighs_clone(primary.kept_wal_bytes, primary.database_bytes) {
+            return Ok(RewindOutcome::CloneCheaper(reason));
+        }
     }
     shut_down_cleanly(context, primary)?;
     let conninfo = primary_client_conninfo(context.config, context.primary, passfile, primary.version, "postgres");

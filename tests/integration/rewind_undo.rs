@@ -36,9 +36,16 @@ fn checksums(dir: &Path) -> BTreeMap<PathBuf, String> {
     found
 }
 
+/// How the old primary ends after its fork.
+#[derive(PartialEq)]
+enum End {
+    Stopped,
+    Killed,
+}
+
 /// A streaming pair with `rows` rows in table `rows`, then a failover: A runs `fork_sql` while
-/// B cannot hear it and stops; B is promoted and runs `after_sql`.
-fn diverged(rows: u32, fork_sql: &str, after_sql: &str) -> Option<TwoHosts> {
+/// B cannot hear it and ends as `end` says; B is promoted and runs `after_sql`.
+fn diverged(rows: u32, fork_sql: &str, end: End, after_sql: &str) -> Option<TwoHosts> {
     let p = TwoHosts::new("15", "undo-pw")?;
     let (a, b) = (&p.a, &p.b);
     let out = p.run_b(&["standby"]);
@@ -49,7 +56,12 @@ fn diverged(rows: u32, fork_sql: &str, after_sql: &str) -> Option<TwoHosts> {
     let veth = p.hosts.b.veth();
     run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "down"]));
     a.psql(fork_sql);
-    a.stop();
+    if end == End::Killed {
+        let pid = fs::read_to_string(a.data_dir().join("postmaster.pid")).unwrap();
+        run_ok(Command::new("kill").args(["-KILL", pid.lines().next().unwrap().trim()]));
+    } else {
+        a.stop();
+    }
     let promoted = p.run_b(&["promote", "--force"]);
     assert_eq!(promoted.code, 0, "{}\n{}", promoted.stdout, promoted.stderr);
     run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "up"]));
@@ -72,7 +84,7 @@ fn diverged(rows: u32, fork_sql: &str, after_sql: &str) -> Option<TwoHosts> {
 fn a_rewind_left_stopped_is_undone_bit_for_bit_and_rejoins_later() {
     let fork =
         "UPDATE rows SET n = -n WHERE n % 3 = 0; INSERT INTO rows SELECT 'fork', g, '' FROM generate_series(1, 500) g";
-    let Some(p) = diverged(2000, fork, "UPDATE rows SET n = n + 1000000 WHERE n % 7 = 0") else { return };
+    let Some(p) = diverged(2000, fork, End::Stopped, "UPDATE rows SET n = n + 1000000 WHERE n % 7 = 0") else { return };
     let (a, b) = (&p.a, &p.b);
 
     let before = checksums(&a.data_dir());
@@ -117,11 +129,10 @@ fn a_rewind_left_stopped_is_undone_bit_for_bit_and_rejoins_later() {
 
 /// Every page of the table changed on A after the divergence: pg_rewind would copy all of them
 /// back and pgha would save all of them first, more than the whole database a clone copies.
-/// (The WAL B keeps may already outweigh the database and decide before the dry run: either way
-/// rejoin names what a clone copies.)
+/// A stopped cleanly, so only the dry run can tell.
 #[test]
 fn a_rewind_that_would_cost_more_than_a_clone_clones_and_says_why() {
-    let Some(p) = diverged(300_000, "UPDATE rows SET pad = md5(pad)", "SELECT 1") else { return };
+    let Some(p) = diverged(300_000, "UPDATE rows SET pad = md5(pad)", End::Stopped, "SELECT 1") else { return };
     let (a, b) = (&p.a, &p.b);
     let rejoined = p.run_a(&["rejoin"]);
     assert_eq!(rejoined.code, 0, "{}\n{}", rejoined.stdout, rejoined.stderr);
@@ -138,13 +149,14 @@ fn a_rewind_that_would_cost_more_than_a_clone_clones_and_says_why() {
 }
 
 /// The new primary keeps more WAL than its whole database (ten switched segments), all of which
-/// pg_rewind before 19 copies: rejoin clones at once, without the crash recovery and dry run it
-/// would otherwise pay to find that out.
+/// pg_rewind before 19 copies, and the old primary crashed: rejoin clones at once, without the
+/// crash recovery and dry run it would otherwise pay to find that out.
 #[test]
 fn a_primary_keeping_more_wal_than_its_data_is_cloned_without_a_dry_run() {
     let switches = "CREATE TABLE switches (n int); \
                     DO $$ BEGIN FOR i IN 1..10 LOOP INSERT INTO switches VALUES (i); PERFORM pg_switch_wal(); END LOOP; END $$";
-    let Some(p) = diverged(1000, "INSERT INTO rows SELECT 'fork', g, '' FROM generate_series(1, 100) g", switches)
+    let Some(p) =
+        diverged(1000, "INSERT INTO rows SELECT 'fork', g, '' FROM generate_series(1, 100) g", End::Killed, switches)
     else {
         return;
     };
@@ -158,7 +170,11 @@ fn a_primary_keeping_more_wal_than_its_data_is_cloned_without_a_dry_run() {
         "says why: {}",
         rejoined.stderr
     );
-    assert!(!rejoined.stderr.contains("pg_rewind --dry-run"), "no dry run was needed: {}", rejoined.stderr);
+    assert!(
+        !rejoined.stderr.contains("pg_rewind --dry-run") && !rejoined.stderr.contains("recovering it"),
+        "neither a recovery nor a dry run was needed: {}",
+        rejoined.stderr
+    );
     b.psql("INSERT INTO rows VALUES ('after', 1, '')");
     a.wait_for("SELECT count(*) FROM rows WHERE stage = 'after'", "1", WAIT);
     assert_eq!(a.psql("SELECT count(*) FROM rows WHERE stage = 'fork'"), "0", "A has B's data");
