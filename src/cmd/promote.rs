@@ -29,8 +29,8 @@ const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
-    /// Promote even though the configured primary still answers as a writable primary
-    /// (only when it is fenced: no client can reach it)
+    /// Promote whatever the other members answer (only when the old primary is fenced: no client
+    /// can reach it); they are asked meanwhile and what was overridden is logged
     #[arg(long)]
     pub force: bool,
 
