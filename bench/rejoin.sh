@@ -59,11 +59,14 @@ stamp_epoch() { local line; while IFS= read -r line; do printf '%s %s\n' "$EPOCH
 rejoin_phases() {
     awk '
     BEGIN {
-        n = split("recovery dryrun save rewind start", name, " ")
+        n = split("recovery dryrun clone save rewind start", name, " ")
         # The killed server is started as a standby to replay its own WAL (crash recovery), then stopped.
         re["recovery"] = "not shut down cleanly|recovering it as a standby|crash recovery"
-        # pg_rewind --dry-run: it reads what it would copy, and lists what it would change.
+        # pg_rewind --dry-run, stopped once it has listed what it would copy and change.
         re["dryrun"] = "pg_rewind --dry-run"
+        # Rejoin chose the full clone instead (before the recovery, or after the dry run); its
+        # "start" is the cloned standby starting.
+        re["clone"] = "cloning in full instead of pg_rewind|falling back to a full clone"
         # What is kept before the rewind: the fork, then what pg_rewind will change (or a whole copy).
         re["save"] = "saved [0-9]+ WAL files|(copying|saving|keeping|copy of).*(before pg_rewind|aside)"
         re["rewind"] = "running pg_rewind"
@@ -141,9 +144,9 @@ if [ "$MODE" = realistic ]; then
     on "$NS_B" "$PGHA" --config "$(conf_of $CL_B)" standby >/dev/null 2>&1
 
     P=$CL_A S=$CL_B
-    phases=(recovery dryrun save rewind start other)
+    phases=(recovery dryrun clone save rewind start other)
     declare -A med
-    rl_promote_ms=() rl_rewind_s=() rl_clone_s=() rl_rewind_mb=()
+    rl_promote_ms=() rl_rewind_s=() rl_clone_s=() rl_rewind_mb=() rl_ratio=()
     for run in $(seq 1 "$RUNS"); do
         echo "== run $run: $(host_of $P) is the primary under pgbench, fails; $(host_of $S) is promoted"
         pgbench_on $P 40 >/dev/null 2>&1 &
@@ -189,6 +192,7 @@ if [ "$MODE" = realistic ]; then
             line+=" $p ${v:-n/a}"
             if [ "${v:-n/a}" != n/a ]; then med[$p]+=" $v"; fi
         done
+        rl_ratio+=("$(echo "$r / ${rl_clone_s[-1]}" | bc -l)")
         printf 'run %d: promote %s ms; rejoin by pg_rewind %.2fs (%s; pg_rewind copied %s MB); full clone %.2fs; ratio %.3f\n' \
             "$run" "${rl_promote_ms[-1]:-n/a}" "$r" "${line# }" "${rl_rewind_mb[-1]}" "${rl_clone_s[-1]}" \
             "$(echo "$r / ${rl_clone_s[-1]}" | bc -l)"
@@ -206,7 +210,8 @@ if [ "$MODE" = realistic ]; then
         if [ -n "${med[$p]:-}" ]; then printf '  %-21s: %6.2f s\n' "$p" "$(median ${med[$p]})"; else printf '  %-21s:    n/a\n' "$p"; fi
     done
     printf 'rejoin by full clone   : %6.2f s\n' "$C"
-    printf 'ratio rewind/clone     : %6.3f   (scale %s)\n' "$(echo "$R / $C" | bc -l)" "$SCALE"
+    printf 'ratio rewind/clone     : %6.3f   (scale %s; of the medians)\n' "$(echo "$R / $C" | bc -l)" "$SCALE"
+    printf 'median of the ratios   : %6.3f\n' "$(median "${rl_ratio[@]}")"
     exit 0
 fi
 
