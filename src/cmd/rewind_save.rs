@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::error::EXIT_OK;
-use crate::files::rewind_save::{restore, save, Manifest};
+use crate::files::rewind_save::{add_created, restore, save, Manifest};
 
 #[derive(Debug, Args)]
 pub struct RewindSaveArgs {
@@ -20,6 +20,11 @@ pub struct RewindSaveArgs {
     /// Where the saved set goes: a directory this run creates
     #[arg(long, value_name = "DIR")]
     pub into: PathBuf,
+
+    /// Instead of saving: add to the saved set in --into the paths on stdin (a JSON list) that
+    /// the rewind created beyond its plan, for a restore to remove
+    #[arg(long)]
+    pub created: bool,
 }
 
 #[derive(Debug, Args)]
@@ -48,6 +53,11 @@ impl RewindSaveArgs {
         refuse_root("rewind-save")?;
         let mut input = Vec::new();
         std::io::stdin().read_to_end(&mut input).context("cannot read the plan from stdin")?;
+        if self.created {
+            let paths: Vec<String> = serde_json::from_slice(&input).context("stdin is not a list of paths")?;
+            add_created(&self.into, &paths)?;
+            return Ok(EXIT_OK);
+        }
         let manifest: Manifest = serde_json::from_slice(&input).context("the plan on stdin is not a manifest")?;
         std::fs::create_dir(&self.into).with_context(|| format!("cannot create {}", self.into.display()))?;
         let report = save(&self.data_dir, &self.into, &manifest)?;

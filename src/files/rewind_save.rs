@@ -212,6 +212,29 @@ pub fn save(data_dir: &Path, into: &Path, manifest: &Manifest) -> Result<SaveRep
     Ok(report)
 }
 
+/// Adds to the saved set in `into` the paths a rewind created beyond its plan, so that a restore
+/// removes them too. The manifest is replaced whole (a new file renamed over it): a crash leaves
+/// the old one or the new one. As postgres.
+pub fn add_created(into: &Path, paths: &[String]) -> Result<()> {
+    let manifest_path = into.join(MANIFEST);
+    let text = fs::read(&manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    let mut manifest: Manifest =
+        serde_json::from_slice(&text).with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    for path in paths {
+        if !plain_relative(path) {
+            bail!("{path:?} is not a plain path inside the data directory");
+        }
+        if !manifest.entries.iter().any(|entry| entry.path() == path) {
+            manifest.entries.push(Saved::Absent { path: path.clone() });
+        }
+    }
+    let next = into.join(format!("{MANIFEST}.new"));
+    remove_if_there(&next)?;
+    write_synced(&next, &serde_json::to_vec_pretty(&manifest)?)?;
+    fs::rename(&next, &manifest_path).with_context(|| format!("cannot replace {}", manifest_path.display()))?;
+    File::open(into)?.sync_all().with_context(|| format!("cannot sync {}", into.display()))
+}
+
 /// Puts `data_dir` back as the save in `from` found it. As postgres, with the cluster stopped.
 pub fn restore(data_dir: &Path, from: &Path) -> Result<Manifest> {
     let text = fs::read(from.join(MANIFEST))
@@ -548,6 +571,12 @@ mod tests {
         fs::write(data.join("global/pg_control"), b"rewound").unwrap();
         fs::write(data.join("backup_label"), b"label").unwrap();
         fs::write(data.join("standby.signal"), b"").unwrap();
+        // And beyond its plan: the source gained a segment and a database between the two runs.
+        fs::write(data.join("pg_wal/000000020000000000000005"), b"new wal").unwrap();
+        fs::create_dir(data.join("base/7")).unwrap();
+        fs::write(data.join("base/7/1"), b"new relation").unwrap();
+        add_created(&saved, &["pg_wal/000000020000000000000005".into(), "base/7".into(), "base/7/1".into()]).unwrap();
+        assert!(add_created(&saved, &["../outside".into()]).is_err(), "only plain paths inside");
         assert_ne!(tree_listing(&data), before);
 
         restore(&data, &saved).unwrap();

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::debian::{log_tail, Cluster};
 use crate::files::datadir::{add_note, copy_aside, create_fork_dir};
-use crate::files::rewind_save::{self, Manifest, SaveReport, Saved};
+use crate::files::rewind_save::{self, Manifest, SaveReport};
 use crate::files::secure::read_text_capped;
 use crate::replication::Lsn;
 use crate::size::format_bytes;
@@ -31,7 +31,9 @@ use crate::standby::StandbyContext;
 use crate::tools::pg_controldata::{self, ControlData};
 use crate::tools::pg_ctlcluster::{invoke_pg_ctlcluster, ClusterAction};
 use crate::tools::pg_lsclusters::is_online;
-use crate::tools::pg_rewind::{self, invoke_pg_rewind, is_debug_listing, parse_file_map, RewindPlan, RewindReport};
+use crate::tools::pg_rewind::{
+    self, invoke_pg_rewind, is_debug_listing, parse_file_map, FileAction, FileEntry, RewindPlan, RewindReport,
+};
 use crate::tools::psql::{query, wait_until_ready, Target};
 use crate::tools::{copy_as_postgres, output_tracked, poll_until, postgres_command};
 use crate::upstream::primary_client_conninfo;
@@ -360,16 +362,24 @@ pub fn rewind(
         for line in output.lines().filter(|line| !line.trim().is_empty() && !is_debug_listing(line)) {
             log::info!("{}", line.trim());
         }
-        if let Some((_, manifest)) = &saved {
-            let missing = not_covered(manifest, &output);
-            if !missing.is_empty() {
-                log::warn!(
-                    "pg_rewind changed or created {} path(s) its dry run had not listed (the primary changed \
-                     meanwhile): the saved set does not cover those: {}",
-                    missing.len(),
-                    missing.join(", ")
+        if let Some((saved_dir, _)) = &saved {
+            let (created, changed) = unplanned(&dry.file_map, &output);
+            if !created.is_empty() {
+                record_created(cluster, saved_dir, &created)?;
+                log::info!(
+                    "pg_rewind also created {} path(s) its dry run had not listed (the primary changed meanwhile): \
+                     an undo removes them too",
+                    created.len()
                 );
-                add_note(&fork, "not-saved.txt", &(missing.join("\n") + "\n"))?;
+            }
+            if !changed.is_empty() {
+                log::warn!(
+                    "pg_rewind changed {} path(s) its dry run had not listed (the primary changed meanwhile): the \
+                     saved set does not cover those: {}",
+                    changed.len(),
+                    changed.join(", ")
+                );
+                add_note(&fork, "not-saved.txt", &(changed.join("\n") + "\n"))?;
             }
         }
     } else {
@@ -391,18 +401,41 @@ pub fn rewind(
 /// The saved set's directory inside the fork.
 pub const BEFORE_REWIND: &str = "before-rewind";
 
-/// Paths the real run changed that the saved set does not cover.
-fn not_covered(manifest: &Manifest, real_run: &str) -> Vec<String> {
-    let covered: std::collections::BTreeSet<&str> = manifest.entries.iter().map(Saved::path).collect();
-    let mut missing: Vec<String> = parse_file_map(real_run)
-        .into_iter()
-        .filter(|entry| entry.action != pg_rewind::FileAction::None || !entry.blocks.is_empty())
-        .filter(|entry| entry.action != pg_rewind::FileAction::Create)
-        .filter(|entry| !covered.contains(entry.path.as_str()))
-        .map(|entry| entry.path)
-        .collect();
-    missing.dedup();
-    missing
+/// What the real run did to paths its dry run had not listed (the primary changed in between):
+/// those it created, and those it changed. A file copied whole, or a directory created, at a
+/// path the dry run did not list was not in the target then: pg_rewind copies a file the target
+/// has only when it is no relation file, and lists that, and removes one the source lacks,
+/// listing that too. Pure.
+pub fn unplanned(planned: &[FileEntry], real_run: &str) -> (Vec<String>, Vec<String>) {
+    let listed: std::collections::BTreeSet<&str> = planned.iter().map(|entry| entry.path.as_str()).collect();
+    let (mut created, mut changed) = (Vec::new(), Vec::new());
+    for entry in parse_file_map(real_run) {
+        if listed.contains(entry.path.as_str()) {
+            continue;
+        }
+        match entry.action {
+            FileAction::None if entry.blocks.is_empty() => {}
+            FileAction::Copy | FileAction::Create => created.push(entry.path),
+            _ => changed.push(entry.path),
+        }
+    }
+    created.dedup();
+    changed.dedup();
+    (created, changed)
+}
+
+/// Adds `created` to the saved set in `saved_dir`, as postgres, for an undo to remove.
+fn record_created(cluster: &Cluster, saved_dir: &Path, created: &[String]) -> Result<()> {
+    let args = [
+        "rewind-save".as_ref(),
+        "--created".as_ref(),
+        "--data-dir".as_ref(),
+        cluster.data_dir.as_os_str(),
+        "--into".as_ref(),
+        saved_dir.as_os_str(),
+    ];
+    pgha_as_postgres(&args, Some(&serde_json::to_vec(created)?), "recording what pg_rewind created")?;
+    Ok(())
 }
 
 /// Runs pgha itself as postgres with `args` (and `stdin`), for the work in postgres' own data
@@ -510,6 +543,26 @@ mod tests {
         assert!(!before("pg_wal/00000002.history"));
         assert!(!before("base/1/000000010000000000000001"));
         assert!(!wal_before_divergence("pg_wal/000000020000000000000003", diverged, 2, 0));
+    }
+
+    #[test]
+    fn what_the_real_run_did_beyond_the_plan_is_created_or_changed() {
+        let planned = [
+            FileEntry { path: "pg_wal/000000010000000000000003".into(), action: FileAction::Copy, blocks: vec![] },
+            FileEntry { path: "base/5/100".into(), action: FileAction::None, blocks: vec![7] },
+        ];
+        let real_run = "pg_rewind: debug: pg_wal/000000010000000000000003 (COPY)\n\
+                        base/5/100 (NONE)\n  block 7\n\
+                        pg_wal/000000020000000000000009 (COPY)\n\
+                        base/16400 (CREATE)\n\
+                        base/16400/1259 (COPY)\n\
+                        base/5/200 (COPY_TAIL)\n\
+                        base/5/300 (NONE)\n  block 2\n\
+                        base/5/400 (REMOVE)\n\
+                        base/5/500 (NONE)\n";
+        let (created, changed) = unplanned(&planned, real_run);
+        assert_eq!(created, ["pg_wal/000000020000000000000009", "base/16400", "base/16400/1259"]);
+        assert_eq!(changed, ["base/5/200", "base/5/300", "base/5/400"]);
     }
 
     #[test]
