@@ -219,18 +219,22 @@ NS_A=pgha-bench-a NS_B=pgha-bench-b
 VETH_A=veth-bench-a VETH_B=veth-bench-b
 IP_A=10.232.0.1 IP_B=10.232.0.2
 CL_A=bench_rejoin_a CL_B=bench_rejoin_b
-PORT_A=47101 PORT_B=47102
+# pgha asks every member on [primary] port: both clusters listen on it, each with its socket directory.
+PORT=47101 PORT_A=47101 PORT_B=47101
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 A=$CL_A B=$CL_B
 
+# shellcheck disable=SC2317 # called by lib.sh's EXIT trap
 bench_extra_cleanup() {
     [ -n "${KEEP_LOGS:-}" ] && cp /var/log/postgresql/postgresql-$VERSION-$A.log "$KEEP_LOGS" 2>/dev/null
+    rm -rf "/var/run/postgresql/$CL_A" "/var/run/postgresql/$CL_B"
 }
 
 echo "== setting up two hosts and a scale-$SCALE pgbench primary"
 bench_setup_hosts
-bench_create_clusters
+bench_refuse_existing_clusters
+bench_create_one_port_clusters
 on_a pg_ctlcluster $VERSION $A start
 
 bench_write_password
@@ -238,13 +242,13 @@ bench_config $A $IP_A $PORT_A $IP_B 300s "$KEEP_LINE" > "$WORK/a.conf"
 bench_config $B $IP_A $PORT_A $IP_B 300s "$KEEP_LINE" > "$WORK/b.conf"
 
 on_a "$PGHA" --config "$WORK/a.conf" primary >/dev/null
-runuser -u postgres -- $BIN/pgbench -q -i -s "$SCALE" -h /var/run/postgresql -p $PORT_A postgres 2>&1 | tail -1
-echo "database size: $(psql_on $PORT_A -c "SELECT pg_size_pretty(pg_database_size('postgres'))")"
+runuser -u postgres -- $BIN/pgbench -q -i -s "$SCALE" -h "$(sock $A)" -p $PORT postgres 2>&1 | tail -1
+echo "database size: $(psql_cl $A -c "SELECT pg_size_pretty(pg_database_size('postgres'))")"
 on_b "$PGHA" --config "$WORK/b.conf" standby 2>/dev/null
 
 echo "== failover: A commits a fork B never receives, then dies; promote B"
 ip -n $NS_B link set $VETH_B down
-runuser -u postgres -- $BIN/pgbench -n -c 2 -t 200 -h /var/run/postgresql -p $PORT_A postgres >/dev/null
+runuser -u postgres -- $BIN/pgbench -n -c 2 -t 200 -h "$(sock $A)" -p $PORT postgres >/dev/null
 kill -KILL "$(head -1 /var/lib/postgresql/$VERSION/$A/postmaster.pid)"
 sleep 1
 t0=$(now)
@@ -256,8 +260,8 @@ promote_ms=$(echo "$promote_out" | sed -n 's/.*accepted a write \([0-9]*\) ms af
 echo "$promote_out" | head -1
 
 echo "== about 1% of pgbench_accounts changes on the new primary"
-psql_on $PORT_B -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0" >/dev/null
-psql_on $PORT_B -c "CHECKPOINT" >/dev/null
+psql_cl $B -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0" >/dev/null
+psql_cl $B -c "CHECKPOINT" >/dev/null
 # The documented procedure: the same pgha.conf on every host after a promote.
 sed "s/name = \"$B\"/name = \"$A\"/" "$WORK/b.conf" > "$WORK/a.conf"
 
@@ -265,8 +269,10 @@ echo "== rejoin A with pg_rewind"
 t2=$(now)
 stamp() { local start=$1; while IFS= read -r line; do printf '%6.2f %s\n' "$(echo "$(now) - $start" | bc)" "$line"; done; }
 # shellcheck disable=SC2086 # no flags must give no argument
-on_a "$PGHA" --config "$WORK/a.conf" rejoin $REJOIN_FLAGS 2>&1 | stamp "$t2" > "$WORK/rewind.log"
+rejoin_rc=0
+on_a "$PGHA" --config "$WORK/a.conf" rejoin $REJOIN_FLAGS 2>&1 | stamp "$t2" > "$WORK/rewind.log" || rejoin_rc=$?
 grep -v ' kB (' "$WORK/rewind.log" | sed 's/^/  /'
+[ "$rejoin_rc" = 0 ] || { echo "pgha rejoin failed (exit $rejoin_rc)" >&2; exit 1; }
 t3=$(now)
 
 echo "== rejoin A with a full re-clone"

@@ -228,15 +228,16 @@ pub fn clone_is_cheaper(copy_bytes: Option<u64>, clone_bytes: Option<u64>, save_
     })
 }
 
-/// Whether the WAL the primary keeps, which pg_rewind copies whole before 19 once the histories
-/// diverged, already exceeds what a full clone copies; the rule of [`clone_is_cheaper`], decided
-/// before the dry run.
+/// Whether a rewind of a crashed old primary already costs more than a full clone copies by the
+/// WAL the primary keeps alone: pg_rewind before 19 copies all of it, and the rewound standby
+/// then replays it from the last common checkpoint, two passes over it, before the crash recovery
+/// that comes first is even counted. Decided before that recovery and the dry run.
 pub fn wal_outweighs_clone(kept_wal_bytes: Option<u64>, clone_bytes: Option<u64>) -> Option<String> {
     let (wal, clone) = (kept_wal_bytes?, clone_bytes?);
-    (wal > clone).then(|| {
+    (wal.saturating_mul(2) > clone).then(|| {
         format!(
-            "pg_rewind would copy every WAL file the primary keeps, {}, more than the {} a full clone copies \
-             (`pgha rejoin --rewind` rewinds anyway)",
+            "pg_rewind would copy every WAL file the primary keeps, {}, and the rewound standby replay it, more \
+             work than the {} a full clone copies (`pgha rejoin --rewind` rewinds anyway)",
             format_bytes(wal),
             format_bytes(clone)
         )
@@ -256,10 +257,10 @@ pub fn rewind(
     choose: bool,
 ) -> Result<RewindOutcome> {
     let cluster = context.cluster;
-    // A crashed former primary replays its WAL before pg_rewind can plan. If it diverged,
-    // pg_rewind copies at least the primary's WAL, and when that alone outweighs a clone, the
-    // recovery and the dry run would only confirm it. A cleanly stopped one may need no rewind
-    // at all (a switchover), which only its dry run, cheap then, can tell.
+    // A crashed former primary replays its WAL before pg_rewind can plan. If it diverged, the
+    // rewind copies and then replays at least the primary's WAL, and when that alone outweighs a
+    // clone, the recovery and the dry run are wasted. A cleanly stopped one may need no rewind at
+    // all (a switchover), which only its dry run, cheap then, can tell.
     if choose && needs_crash_recovery(cluster)? {
         if let Some(reason) = wal_outweighs_clone(primary.kept_wal_bytes, primary.database_bytes) {
             return Ok(RewindOutcome::CloneCheaper(reason));
@@ -569,8 +570,10 @@ mod tests {
     fn the_primary_s_wal_alone_can_decide_for_a_clone() {
         let gb = 1 << 30;
         assert!(wal_outweighs_clone(Some(2 * gb), Some(gb)).unwrap().contains("2.0 GB"));
-        assert_eq!(wal_outweighs_clone(Some(gb), Some(2 * gb)), None);
-        assert_eq!(wal_outweighs_clone(Some(gb), Some(gb)), None, "equal: the dry run decides");
+        // Copied, then replayed: 0.75 GB of WAL is more work than a 1 GB clone.
+        assert!(wal_outweighs_clone(Some(3 * gb / 4), Some(gb)).is_some());
+        assert_eq!(wal_outweighs_clone(Some(gb), Some(3 * gb)), None);
+        assert_eq!(wal_outweighs_clone(Some(gb), Some(2 * gb)), None, "equal: the dry run decides");
         assert_eq!(wal_outweighs_clone(None, Some(gb)), None);
         assert_eq!(wal_outweighs_clone(Some(2 * gb), None), None);
     }
