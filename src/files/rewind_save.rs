@@ -21,6 +21,7 @@ use std::path::{Component, Path};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::files::secure::Ownership;
 use crate::tools::pg_rewind::{FileAction, FileEntry};
 
 /// The saved set's description, written last: a directory without it holds no complete save.
@@ -213,8 +214,8 @@ pub fn save(data_dir: &Path, into: &Path, manifest: &Manifest) -> Result<SaveRep
 }
 
 /// Adds to the saved set in `into` the paths a rewind created beyond its plan, so that a restore
-/// removes them too. The manifest is replaced whole (a new file renamed over it): a crash leaves
-/// the old one or the new one. As postgres.
+/// removes them too. The manifest is replaced whole by the atomic writer: a crash leaves the old
+/// one or the new one. As postgres.
 pub fn add_created(into: &Path, paths: &[String]) -> Result<()> {
     let manifest_path = into.join(MANIFEST);
     let text = fs::read(&manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?;
@@ -228,11 +229,8 @@ pub fn add_created(into: &Path, paths: &[String]) -> Result<()> {
             manifest.entries.push(Saved::Absent { path: path.clone() });
         }
     }
-    let next = into.join(format!("{MANIFEST}.new"));
-    remove_if_there(&next)?;
-    write_synced(&next, &serde_json::to_vec_pretty(&manifest)?)?;
-    fs::rename(&next, &manifest_path).with_context(|| format!("cannot replace {}", manifest_path.display()))?;
-    File::open(into)?.sync_all().with_context(|| format!("cannot sync {}", into.display()))
+    let own = Ownership { uid: nix::unistd::geteuid().as_raw(), gid: nix::unistd::getegid().as_raw(), mode: 0o600 };
+    crate::files::apply::write_atomic(&manifest_path, &serde_json::to_vec_pretty(&manifest)?, own)
 }
 
 /// Puts `data_dir` back as the save in `from` found it. As postgres, with the cluster stopped.

@@ -330,7 +330,7 @@ pub fn rewind(
                         }
                     )
                 });
-                Some((saved, manifest))
+                Some(saved)
             }
             (None, Keep::Changed) => {
                 let copy = copy_aside(&cluster.data_dir)?;
@@ -344,7 +344,7 @@ pub fn rewind(
         let output = match invoke_pg_rewind(cluster, &conninfo) {
             Ok(output) => output,
             Err(error) => {
-                if let Some((saved, _)) = &saved {
+                if let Some(saved) = &saved {
                     log::warn!("pg_rewind failed: putting back what it changed, from {}", saved.display());
                     if let Err(restore) = restore_changed(cluster, saved) {
                         return Err(
@@ -363,7 +363,7 @@ pub fn rewind(
         for line in output.lines().filter(|line| !line.trim().is_empty() && !is_debug_listing(line)) {
             log::info!("{}", line.trim());
         }
-        if let Some((saved_dir, _)) = &saved {
+        if let Some(saved_dir) = &saved {
             let (created, changed) = unplanned(&dry.file_map, &output);
             if !created.is_empty() {
                 record_created(cluster, saved_dir, &created)?;

@@ -1,13 +1,13 @@
 //! pg_rewind: what it plans (its dry run) and the rewind itself.
 
-use anyhow::{bail, Context, Result};
-
-use crate::debian::Cluster;
-use crate::replication::Lsn;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+use anyhow::{bail, Context, Result};
+
+use crate::debian::Cluster;
+use crate::replication::Lsn;
 use crate::tools::{interrupted_if_killed, output_tracked, postgres_command, spawn_tracked};
 
 /// What pg_rewind's dry run reported.

@@ -127,6 +127,22 @@ fn a_rewind_left_stopped_is_undone_bit_for_bit_and_rejoins_later() {
     );
 }
 
+/// `pgha rejoin` on A, which must clone instead of rewinding and give `reason`; then A streams:
+/// a row B writes afterwards reaches it.
+fn rejoin_by_clone(p: &TwoHosts, reason: &str) -> PghaOutput {
+    let rejoined = p.run_a(&["rejoin"]);
+    assert_eq!(rejoined.code, 0, "{}\n{}", rejoined.stdout, rejoined.stderr);
+    assert!(rejoined.stdout.contains("by a full clone"), "{}", rejoined.stdout);
+    assert!(
+        rejoined.stderr.contains("cloning in full instead of pg_rewind") && rejoined.stderr.contains(reason),
+        "says why: {}",
+        rejoined.stderr
+    );
+    p.b.psql("INSERT INTO rows VALUES ('after', 1, '')");
+    p.a.wait_for("SELECT count(*) FROM rows WHERE stage = 'after'", "1", WAIT);
+    rejoined
+}
+
 /// Every page of the table changed on A after the divergence: pg_rewind would copy all of them
 /// back and pgha would save all of them first, more than the whole database a clone copies.
 /// A stopped cleanly, so only the dry run can tell.
@@ -134,17 +150,7 @@ fn a_rewind_left_stopped_is_undone_bit_for_bit_and_rejoins_later() {
 fn a_rewind_that_would_cost_more_than_a_clone_clones_and_says_why() {
     let Some(p) = diverged(300_000, "UPDATE rows SET pad = md5(pad)", End::Stopped, "SELECT 1") else { return };
     let (a, b) = (&p.a, &p.b);
-    let rejoined = p.run_a(&["rejoin"]);
-    assert_eq!(rejoined.code, 0, "{}\n{}", rejoined.stdout, rejoined.stderr);
-    assert!(rejoined.stdout.contains("by a full clone"), "{}", rejoined.stdout);
-    assert!(
-        rejoined.stderr.contains("cloning in full instead of pg_rewind")
-            && rejoined.stderr.contains("a full clone copies"),
-        "says why: {}",
-        rejoined.stderr
-    );
-    b.psql("INSERT INTO rows VALUES ('after', 1, '')");
-    a.wait_for("SELECT count(*) FROM rows WHERE stage = 'after'", "1", WAIT);
+    rejoin_by_clone(&p, "a full clone copies");
     assert_eq!(a.psql("SELECT sum(length(pad)) FROM rows"), b.psql("SELECT sum(length(pad)) FROM rows"));
 }
 
@@ -160,24 +166,13 @@ fn a_primary_keeping_more_wal_than_its_data_is_cloned_without_a_dry_run() {
     else {
         return;
     };
-    let (a, b) = (&p.a, &p.b);
-    let rejoined = p.run_a(&["rejoin"]);
-    assert_eq!(rejoined.code, 0, "{}\n{}", rejoined.stdout, rejoined.stderr);
-    assert!(rejoined.stdout.contains("by a full clone"), "{}", rejoined.stdout);
-    assert!(
-        rejoined.stderr.contains("cloning in full instead of pg_rewind")
-            && rejoined.stderr.contains("every WAL file the primary keeps"),
-        "says why: {}",
-        rejoined.stderr
-    );
+    let rejoined = rejoin_by_clone(&p, "every WAL file the primary keeps");
     assert!(
         !rejoined.stderr.contains("pg_rewind --dry-run") && !rejoined.stderr.contains("recovering it"),
         "neither a recovery nor a dry run was needed: {}",
         rejoined.stderr
     );
-    b.psql("INSERT INTO rows VALUES ('after', 1, '')");
-    a.wait_for("SELECT count(*) FROM rows WHERE stage = 'after'", "1", WAIT);
-    assert_eq!(a.psql("SELECT count(*) FROM rows WHERE stage = 'fork'"), "0", "A has B's data");
+    assert_eq!(p.a.psql("SELECT count(*) FROM rows WHERE stage = 'fork'"), "0", "A has B's data");
 }
 
 /// A loop-mounted XFS filesystem with reflinks, unmounted (and its loop device freed) on drop.
