@@ -55,6 +55,12 @@ fn diverged(rows: u32, fork_sql: &str, end: End, after_sql: &str) -> Option<TwoH
     b.wait_for("SELECT count(*) FROM rows", &rows.to_string(), WAIT);
     let veth = p.hosts.b.veth();
     run_ok(Command::new("ip").args(["-n", &p.hosts.b.name, "link", "set", &veth, "down"]));
+    // A clean shutdown waits until each standby confirms the last WAL, up to wal_sender_timeout:
+    // by default 60 s with B cut off, as long as pg_ctl waits. A short timeout ends the walsender
+    // as soon as it notices, without writing to the dead link (a terminated walsender would block
+    // on its farewell message until TCP gives up).
+    a.psql("ALTER SYSTEM SET wal_sender_timeout = '1s'");
+    a.psql("SELECT pg_reload_conf()");
     a.psql(fork_sql);
     if end == End::Killed {
         let pid = fs::read_to_string(a.data_dir().join("postmaster.pid")).unwrap();
@@ -232,7 +238,8 @@ fn on_a_reflink_filesystem_the_save_shares_files_instead_of_copying() {
             .stderr(std::process::Stdio::piped());
         let mut child = command.spawn().unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+        // Run as root, pgha refuses before it reads: the pipe may be closed already.
+        let _ = child.stdin.take().unwrap().write_all(manifest.as_bytes());
         child.wait_with_output().unwrap()
     };
     let as_root = save(false);
