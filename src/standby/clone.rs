@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
-use crate::debian::log_tail;
+use crate::debian::{log_tail, Cluster};
 use crate::files::apply::{write_atomic, Transaction};
 use crate::files::datadir::{dir_size, fresh_staging, remove_staging, swap_back, swap_in};
 use crate::files::plan::{file_change, rendered_file_change, FileChange, Ownership, Step};
@@ -265,14 +265,20 @@ pub fn hot_standby_settings(recorded: &RecordedSettings, fallback_wal_senders: u
     }
 }
 
-fn standby_facts(context: &StandbyContext, settings: Option<HotStandbySettings>) -> Facts {
-    let cluster = context.cluster;
-    let local_ssl = if is_online(cluster).unwrap_or(false) {
+/// Whether this host's server has TLS on, which picks hostssl or host for the peers' hba lines.
+fn local_ssl(cluster: &Cluster) -> bool {
+    if is_online(cluster).unwrap_or(false) {
         query_value(&Target::local(cluster), "SHOW ssl").map(|value| value == "on").unwrap_or(true)
     } else {
-        // Debian's default for a new cluster; it only picks hostssl or host for peers' hba lines.
+        // Debian's default for a new cluster.
         true
-    };
+    }
+}
+
+/// The facts to render a standby's files with. `local_ssl` comes from `local_ssl()`; a caller
+/// that uses only the signal file, which does not depend on it, passes any value.
+fn standby_facts(context: &StandbyContext, settings: Option<HotStandbySettings>, local_ssl: bool) -> Facts {
+    let cluster = context.cluster;
     Facts {
         version: cluster.version,
         config_dir: cluster.config_dir.clone(),
@@ -299,7 +305,7 @@ fn standby_config(config: &Config, settings: Option<&HotStandbySettings>) -> Con
 pub fn configure_staging(context: &StandbyContext, staging: &Path) -> Result<()> {
     let postgres = postgres_account()?;
     let config = standby_config(context.config, None);
-    let files = render(Role::Standby, &config, &standby_facts(context, None))?;
+    let files = render(Role::Standby, &config, &standby_facts(context, None, true))?;
     let signal = files.first().context("render gave no standby signal file")?;
     let name = signal.path.file_name().context("signal file has no name")?;
     write_atomic(
@@ -335,7 +341,7 @@ pub fn configure_in_place(context: &StandbyContext, system_identifier: &str, fal
 /// The signal file (or recovery.conf) a standby needs in `data_dir`, when it is missing or differs.
 pub fn signal_file_change(context: &StandbyContext, data_dir: &Path) -> Result<Option<FileChange>> {
     let postgres = postgres_account()?;
-    let files = render(Role::Standby, &standby_config(context.config, None), &standby_facts(context, None))?;
+    let files = render(Role::Standby, &standby_config(context.config, None), &standby_facts(context, None, true))?;
     let signal = files.into_iter().next().context("render gave no standby signal file")?;
     let name = signal.path.file_name().context("signal file has no name")?;
     file_change(&data_dir.join(name), signal.content, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o600 })
@@ -364,7 +370,7 @@ pub fn write_config_files(
     }
     let settings = hot_standby_settings(&controldata.settings, fallback_wal_senders);
     let config = standby_config(context.config, Some(&settings));
-    let facts = standby_facts(context, Some(settings));
+    let facts = standby_facts(context, Some(settings), local_ssl(context.cluster));
     let conf_d = context.cluster.config_dir.join("conf.d");
     if !conf_d.is_dir() {
         let postgres = postgres_account()?;

@@ -67,12 +67,52 @@ pub fn identify_primary(context: &StandbyContext, passfile: &Path) -> Result<Str
         .with_context(|| format!("IDENTIFY_SYSTEM returned {identify:?}"))
 }
 
+/// What the preflight asks the primary, one query after another over one connection at a
+/// time (the replication role has a connection limit), while this host's own questions run
+/// beside them: each question costs a process and a connection setup, and asked in a row they
+/// were most of the preflight's time.
+struct Answers {
+    facts: Result<Vec<Vec<String>>>,
+    slot: Option<Result<Vec<Vec<String>>>>,
+    database_bytes: Result<String>,
+    kept_wal_bytes: Option<Result<String>>,
+    local: Result<LocalCluster>,
+}
+
+/// This host's cluster: whether it runs, and if so its server's `version()`.
+struct LocalCluster {
+    online: bool,
+    version_string: Option<String>,
+}
+
+fn ask_all(context: &StandbyContext, remote: &Target) -> Answers {
+    let cluster = context.cluster;
+    std::thread::scope(|scope| {
+        let primary = scope.spawn(|| {
+            let facts = query(remote, &primary_facts_sql(context.own_address));
+            let slot = context.slot_name().map(|name| query(remote, &slot_state_sql(&name, cluster.version)));
+            let database_bytes = query_value(remote, DATABASE_SIZE_SQL);
+            let kept_wal_bytes = kept_wal_sql(cluster.version).map(|sql| query_value(remote, sql));
+            (facts, slot, database_bytes, kept_wal_bytes)
+        });
+        let local = is_online(cluster).map(|online| LocalCluster {
+            online,
+            version_string: online.then(|| query_value(&Target::local(cluster), "SELECT version()").ok()).flatten(),
+        });
+        let (facts, slot, database_bytes, kept_wal_bytes) = primary.join().expect("the preflight queries panicked");
+        Answers { facts, slot, database_bytes, kept_wal_bytes, local }
+    })
+}
+
 /// The rest of the preflight, for a clone: version, platform, wal_level, walsenders, slot,
-/// free space. Changes nothing anywhere.
+/// free space. Changes nothing anywhere. The version is checked first: the other answers were
+/// asked in this cluster's version's terms.
 pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: String) -> Result<PrimaryFacts> {
     let cluster = context.cluster;
     let remote = context.remote(passfile);
-    let rows = query(&remote, &primary_facts_sql(context.own_address))
+    let answers = ask_all(context, &remote);
+    let rows = answers
+        .facts
         .map_err(|error| context.login_failure("SQL login to the primary's postgres database failed", error))?;
     let [version_num, version_string, ssl, wal_level, max_wal_senders, senders_used] =
         rows.first().map(Vec::as_slice).with_context(|| format!("unexpected answer from the primary: {rows:?}"))?
@@ -89,7 +129,8 @@ pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: S
             cluster.version
         );
     }
-    check_platform(context, version_string)?;
+    let local = answers.local?;
+    check_platform(version_string, local.version_string.as_deref())?;
     if !matches!(wal_level.as_str(), "replica" | "logical" | "hot_standby") {
         bail!(
             "preflight: the primary's wal_level is {wal_level}: expected replica or logical; run `pgha primary` on {}",
@@ -106,12 +147,12 @@ pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: S
         );
     }
 
-    let slot = match context.slot_name() {
-        Some(name) => slot_state(context, &remote, &name)?,
-        None => None,
+    let slot = match (context.slot_name(), answers.slot) {
+        (Some(name), Some(rows)) => slot_state(context, &rows?, &name, local.online)?,
+        _ => None,
     };
 
-    let database_bytes = match query_value(&remote, DATABASE_SIZE_SQL) {
+    let database_bytes = match answers.database_bytes {
         Ok(value) => value.parse().ok(),
         Err(error) => {
             log::warn!("cannot learn the primary's database size, so free space is not checked: {error:#}");
@@ -132,7 +173,7 @@ pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: S
             available >> 20
         );
     }
-    let kept_wal_bytes = kept_wal_sql(version).and_then(|sql| match query_value(&remote, sql) {
+    let kept_wal_bytes = answers.kept_wal_bytes.and_then(|answer| match answer {
         Ok(value) => value.parse().ok(),
         Err(error) => {
             log::info!("cannot learn how much WAL the primary keeps: {error:#}");
@@ -170,16 +211,13 @@ pub(crate) fn kept_wal_sql(version: PgVersion) -> Option<&'static str> {
         .then_some("SELECT coalesce(sum(size), 0)::bigint FROM pg_ls_waldir()")
 }
 
-fn check_platform(context: &StandbyContext, primary_version: &str) -> Result<()> {
+/// `local_version`: this host's running server's `version()`; without it, pgha's own platform.
+fn check_platform(primary_version: &str, local_version: Option<&str>) -> Result<()> {
     let Some((primary_arch, primary_bits)) = parse_platform(primary_version) else {
         log::warn!("cannot read the primary's platform from {primary_version:?}; not comparing it");
         return Ok(());
     };
-    let local = if is_online(context.cluster)? {
-        query_value(&Target::local(context.cluster), "SELECT version()").ok().and_then(|v| parse_platform(&v))
-    } else {
-        None
-    };
+    let local = local_version.and_then(parse_platform);
     let (local_arch, local_bits) =
         local.unwrap_or_else(|| (std::env::consts::ARCH.to_string(), format!("{}-bit", usize::BITS)));
     if primary_arch != local_arch || (!local_bits.is_empty() && !primary_bits.is_empty() && primary_bits != local_bits)
@@ -192,12 +230,12 @@ fn check_platform(context: &StandbyContext, primary_version: &str) -> Result<()>
     Ok(())
 }
 
-fn slot_state(context: &StandbyContext, remote: &Target, name: &str) -> Result<Option<SlotState>> {
-    let rows = query(remote, &slot_state_sql(name, context.cluster.version))?;
+/// The slot's state from `slot_state_sql`'s rows; `online`: this host's cluster runs.
+fn slot_state(context: &StandbyContext, rows: &[Vec<String>], name: &str, online: bool) -> Result<Option<SlotState>> {
     let Some([active, lost, client]) = rows.first().map(Vec::as_slice) else { return Ok(None) };
     let active = parse_bool(active)?;
     // Our own walreceiver holds it while this cluster streams; stopping the cluster frees it.
-    let ours = client == &context.own_address.to_string() && is_online(context.cluster)?;
+    let ours = client == &context.own_address.to_string() && online;
     if active && !ours {
         bail!(
             "preflight: replication slot {name} on the primary is in use by {}: another host streams as {}, \
