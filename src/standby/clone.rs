@@ -112,7 +112,7 @@ pub fn clone_standby(context: &StandbyContext, primary: &PrimaryFacts, timeout: 
     } else {
         // A killed server's postmaster can still be a zombie, and the clone could not start on
         // its port while the socket's lock file names a live-looking PID.
-        crate::standby::rewind::wait_for_dead_postmaster(&cluster.data_dir);
+        crate::standby::wait_for_dead_postmaster(&cluster.data_dir);
     }
     let mut created_slot = false;
     let result = (|| -> Result<u64> {

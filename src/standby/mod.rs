@@ -2,16 +2,21 @@
 //! clone (`clone`) or by pg_rewind (`rewind`), after a preflight that changes nothing
 //! (`preflight`), with the primary's slot for it (`slots`) and the wait for streaming
 //! (`streaming`); a standby found in place is kept, never replaced unasked (`existing`).
-//! `pgha standby` and `pgha rejoin` are thin layers over these.
+//! `pgha standby` and `pgha rejoin` are thin layers over these. Here is what the clone and the
+//! rewind share: the context, the choice of upstream, and the wait for a killed postmaster.
 
+use std::fs;
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::config::{Config, Password};
 use crate::debian::Cluster;
+use crate::files::secure::read_text_capped;
 use crate::render::standby_name;
+use crate::tools::poll_until;
 use crate::tools::psql::Target;
 use crate::upstream::{login_failure, replication_target, sql_target};
 
@@ -85,5 +90,42 @@ impl StandbyContext<'_> {
 
     fn login_failure(&self, what: &str, error: anyhow::Error) -> anyhow::Error {
         login_failure(self.config, self.primary, self.own_address, what, error)
+    }
+}
+
+/// A killed postmaster stays a zombie until its parent (init) reaps it, and PostgreSQL takes a
+/// zombie's PID in the socket lock file for a live server and refuses to start. Wait for the reaping.
+pub fn wait_for_dead_postmaster(data_dir: &Path) {
+    let Ok(Some(pid_file)) = read_text_capped(&data_dir.join("postmaster.pid"), 4096) else { return };
+    let Some(pid) = pid_file.lines().next().and_then(|line| line.trim().parse::<u32>().ok()) else { return };
+    let mut said = false;
+    let _ = poll_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) if parse_proc_state(&stat) == Some('Z') => {
+                if !said {
+                    log::info!("waiting for the killed postmaster (PID {pid}) to be reaped");
+                    said = true;
+                }
+                Ok(None)
+            }
+            _ => Ok(Some(())),
+        }
+    });
+}
+
+/// The state letter of /proc/PID/stat ("1234 (postgres) Z ..."); the name may contain spaces.
+pub fn parse_proc_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_process_state() {
+        assert_eq!(parse_proc_state("28247 (postgres) Z 1 28247 28247 0 -1"), Some('Z'));
+        assert_eq!(parse_proc_state("7 (a (b) c) S 1"), Some('S'));
+        assert_eq!(parse_proc_state("garbage"), None);
     }
 }

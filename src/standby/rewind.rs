@@ -20,7 +20,6 @@ use anyhow::{bail, Context, Result};
 use crate::debian::{log_tail, Cluster};
 use crate::files::datadir::{add_note, copy_aside, create_fork_dir};
 use crate::files::rewind_save::{self, Manifest, SaveReport};
-use crate::files::secure::read_text_capped;
 use crate::replication::Lsn;
 use crate::size::format_bytes;
 use crate::standby::clone::configure_in_place;
@@ -35,7 +34,7 @@ use crate::tools::pg_rewind::{
     self, invoke_pg_rewind, is_debug_listing, parse_file_map, FileAction, FileEntry, RewindPlan, RewindReport,
 };
 use crate::tools::psql::{query, wait_until_ready, Target};
-use crate::tools::{copy_as_postgres, output_tracked, poll_until, postgres_command};
+use crate::tools::{copy_as_postgres, output_tracked, postgres_command};
 use crate::upstream::primary_client_conninfo;
 use crate::version::PgVersion;
 
@@ -122,7 +121,7 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
         cluster.id(),
         control.state
     );
-    wait_for_dead_postmaster(&cluster.data_dir);
+    super::wait_for_dead_postmaster(&cluster.data_dir);
     configure_in_place(context, &primary.system_identifier, primary.max_wal_senders)?;
     invoke_pg_ctlcluster(cluster, ClusterAction::Start)
         .and_then(|()| wait_until_ready(&Target::local(cluster), Duration::from_secs(120)))
@@ -134,31 +133,6 @@ fn shut_down_cleanly(context: &StandbyContext, primary: &PrimaryFacts) -> Result
 /// Stopped without a clean shutdown (killed, or its host died): pg_rewind needs a recovery first.
 fn needs_crash_recovery(cluster: &Cluster) -> Result<bool> {
     Ok(!is_online(cluster)? && !pg_controldata::read(cluster.version, &cluster.data_dir)?.is_shut_down())
-}
-
-/// A killed postmaster stays a zombie until its parent (init) reaps it, and PostgreSQL takes a
-/// zombie's PID in the socket lock file for a live server and refuses to start. Wait for the reaping.
-pub(crate) fn wait_for_dead_postmaster(data_dir: &Path) {
-    let Ok(Some(pid_file)) = read_text_capped(&data_dir.join("postmaster.pid"), 4096) else { return };
-    let Some(pid) = pid_file.lines().next().and_then(|line| line.trim().parse::<u32>().ok()) else { return };
-    let mut said = false;
-    let _ = poll_until(Duration::from_secs(30), Duration::from_millis(200), || {
-        match fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) if parse_proc_state(&stat) == Some('Z') => {
-                if !said {
-                    log::info!("waiting for the killed postmaster (PID {pid}) to be reaped");
-                    said = true;
-                }
-                Ok(None)
-            }
-            _ => Ok(Some(())),
-        }
-    });
-}
-
-/// The state letter of /proc/PID/stat ("1234 (postgres) Z ..."); the name may contain spaces.
-pub fn parse_proc_state(stat: &str) -> Option<char> {
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// What a rewind did: a note on the saved fork, if this host had written WAL the primary never
@@ -587,13 +561,6 @@ mod tests {
         assert!(clone_is_cheaper(Some(gb), Some(gb + 10), 20).is_some(), "the save counts");
         assert_eq!(clone_is_cheaper(None, Some(gb), 0), None, "without pg_rewind's figure it rewinds");
         assert_eq!(clone_is_cheaper(Some(gb), None, 0), None);
-    }
-
-    #[test]
-    fn reads_the_process_state() {
-        assert_eq!(parse_proc_state("28247 (postgres) Z 1 28247 28247 0 -1"), Some('Z'));
-        assert_eq!(parse_proc_state("7 (a (b) c) S 1"), Some('S'));
-        assert_eq!(parse_proc_state("garbage"), None);
     }
 
     #[test]
