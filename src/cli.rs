@@ -96,10 +96,11 @@ pub enum Command {
     /// Write `pgha status` as Prometheus metrics for node-exporter's textfile collector
     ///
     /// Changes: replaces DIR/pgha.prom (default /var/lib/prometheus/node-exporter/pgha.prom) with
-    /// the report `pgha status` gives, atomically (mode 0644); a symlink at that name is replaced,
-    /// not followed. Nothing else; takes no lock. pgha-metrics.timer runs it every 30 seconds. A
-    /// config error still writes the file (pgha_status 3, pgha_cluster_up 0), then exits 2; any
-    /// other problem is in the file and the exit code is 0.
+    /// the report `pgha status` gives, judged with the same limit options, atomically (mode
+    /// 0644); a symlink at that name is replaced, not followed. Nothing else; takes no lock.
+    /// pgha-metrics.timer runs it every 30 seconds. A config error still writes the file
+    /// (pgha_status 3, pgha_cluster_up 0), then exits 2; any other problem is in the file and the
+    /// exit code is 0.
     Metrics(crate::cmd::metrics::MetricsArgs),
     /// Prove that a change on the primary reaches every standby, and time it
     ///

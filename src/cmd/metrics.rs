@@ -12,11 +12,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::cmd::status::{gather, DEFAULT_WARN_KEPT};
+use crate::cmd::status::{gather, HealthLimitArgs};
 use crate::error::{exit_code_for, EXIT_OK, EXIT_USAGE};
 use crate::files::apply::write_atomic;
 use crate::files::plan::Ownership;
-use crate::health::{format_metrics, Limits, Report};
+use crate::health::{format_metrics, Report};
 use crate::replication::Health;
 
 /// Where Debian's prometheus-node-exporter has its textfile collector look.
@@ -34,21 +34,23 @@ pub struct MetricsArgs {
     /// Print the metrics instead of writing a file
     #[arg(long, conflicts_with = "textfile_directory")]
     pub stdout: bool,
+
+    #[command(flatten)]
+    pub limits: HealthLimitArgs,
 }
 
 impl MetricsArgs {
     pub fn run(self, config_path: &Path) -> Result<i32> {
-        // The limits `pgha status` uses without options, so pgha_status agrees with a plain check.
-        let limits = Limits::new(&[], &[]);
-        let (report, failure) =
-            match gather(config_path, &limits, crate::health::FreeLimits::default(), DEFAULT_WARN_KEPT) {
-                Ok(report) => (report, None),
-                Err(error) => {
-                    let mut report = Report::empty();
-                    report.problem(Health::Unknown, format!("{error:#}"));
-                    (report, Some(error))
-                }
-            };
+        // The same flags and defaults as `pgha status`, so pgha_status agrees with the check.
+        let (report, failure) = match gather(config_path, &self.limits.lag(), self.limits.free(), self.limits.warn_kept)
+        {
+            Ok(report) => (report, None),
+            Err(error) => {
+                let mut report = Report::empty();
+                report.problem(Health::Unknown, format!("{error:#}"));
+                (report, Some(error))
+            }
+        };
         let text = format_metrics(&report.finish(), unix_now());
         if self.stdout {
             print!("{text}");

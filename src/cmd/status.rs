@@ -32,12 +32,10 @@ use crate::upstream::PrivatePassfile;
 /// The share of the data directory's filesystem the kept directories may take before WARNING.
 pub(crate) const DEFAULT_WARN_KEPT: u8 = 20;
 
+/// The limits that turn a report's figures into WARNING and CRITICAL: one set of flags, so that
+/// `pgha metrics` judges with the same limits a `pgha status` check is given.
 #[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// Print JSON following docs/status-schema.json instead of a table
-    #[arg(long)]
-    pub json: bool,
-
+pub struct HealthLimitArgs {
     /// WARNING above this lag: bytes ("16MB") or time ("30s"); repeat to set both [default: 16MB]
     #[arg(long, value_name = "LIMIT")]
     pub warn_lag: Vec<LagLimit>,
@@ -60,6 +58,26 @@ pub struct StatusArgs {
     /// percentage free
     #[arg(long, value_name = "PERCENT", default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub crit_free: u8,
+}
+
+impl HealthLimitArgs {
+    pub fn lag(&self) -> Limits {
+        Limits::new(&self.warn_lag, &self.crit_lag)
+    }
+
+    pub fn free(&self) -> FreeLimits {
+        FreeLimits { warn_percent: self.warn_free, crit_percent: self.crit_free }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON following docs/status-schema.json instead of a table
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub limits: HealthLimitArgs,
 
     /// Print the raw answer of the status query (for saving parser test samples)
     #[arg(long, hide = true)]
@@ -73,9 +91,8 @@ impl StatusArgs {
             print!("{}", invoke_psql(&Target::local(&cluster), &local_snapshot_sql(cluster.version))?);
             return Ok(0);
         }
-        let limits = Limits::new(&self.warn_lag, &self.crit_lag);
-        let free = FreeLimits { warn_percent: self.warn_free, crit_percent: self.crit_free };
-        let report = match gather(config_path, &limits, free, self.warn_kept) {
+        let limits = self.limits.lag();
+        let report = match gather(config_path, &limits, self.limits.free(), self.limits.warn_kept) {
             Ok(report) => report,
             Err(error) => {
                 let mut report = Report::empty();

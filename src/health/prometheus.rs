@@ -164,7 +164,7 @@ fn health(exposition: &mut Exposition, report: &Report) {
     exposition
         .gauge(
             "pgha_status",
-            "Health as pgha status judges it with its default limits: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+            "Health as pgha status judges it, with the same limit options: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
         )
         .sample(vec![], Some(report.status.exit_code() as u64));
     // Every severity, zeros included: an alert on a count needs the series to exist when all is well.

@@ -44,6 +44,9 @@ fn status_usage_errors_are_unknown() {
     assert!(json["problems"][0]["message"].as_str().unwrap().contains("lots"), "{json}");
     assert_eq!(pgha_output(pgha(None).args(["status", "--help"])).code, 0);
     assert_eq!(pgha_output(pgha(None).args(["primary", "--no-such-flag"])).code, 2, "other commands keep 2");
+    let metrics = pgha_output(pgha(None).args(["metrics", "--stdout", "--warn-lag", "bogus"]));
+    assert_eq!(metrics.code, 2, "metrics takes status's limits, with a usage error's 2: {}", metrics.stderr);
+    assert!(metrics.stderr.contains("bogus") && metrics.stderr.contains("--warn-lag"), "{}", metrics.stderr);
 }
 
 /// The man pages the package ships: what is typed in the synopsis, exit codes in their own

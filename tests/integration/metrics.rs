@@ -112,6 +112,14 @@ fn node_exporter_serves_the_metrics_of_a_streaming_pair() {
     assert_eq!(sample(&on_b.stdout, r#"pgha_role{role="standby"}"#).as_deref(), Some("1"), "{}", on_b.stdout);
     assert_eq!(sample(&on_b.stdout, "pgha_receiver_streaming").as_deref(), Some("1"), "{}", on_b.stdout);
     assert!(!on_b.stdout.contains(PASSWORD));
+
+    // Judged with the limits it is given, as `pgha status` is: no filesystem is 100% free.
+    assert_eq!(sample(&on_b.stdout, "pgha_status").as_deref(), Some("0"), "{}", on_b.stdout);
+    let judged = pair.run_b(&["metrics", "--stdout", "--warn-free", "100"]);
+    assert_eq!(judged.code, 0, "{}\n{}", judged.stdout, judged.stderr);
+    assert_eq!(sample(&judged.stdout, "pgha_status").as_deref(), Some("1"), "{}", judged.stdout);
+    let status = pair.run_b(&["status", "--warn-free", "100"]);
+    assert_eq!(status.code, 1, "pgha status agrees: {}", status.stdout);
 }
 
 /// A config error still writes the file Prometheus reads (UNKNOWN, cluster not up) and exits 2,
