@@ -639,6 +639,7 @@ const BUILDERS: &[&str] = &[
     "grant_pg_promote_sql",
     "STANDBYS_SQL",
     "TARGET_STATE_SQL",
+    "unconfirmed_walsenders_sql",
     "REPLAYED_SQL",
     "MAY_PROMOTE_SQL",
     "FIRST_WRITE_SQL",
@@ -722,6 +723,10 @@ fn built_statements(version: PgVersion) -> Vec<Sent> {
         for (name, sql) in [
             ("STANDBYS_SQL", sw::STANDBYS_SQL.to_string()),
             ("TARGET_STATE_SQL", sw::TARGET_STATE_SQL.to_string()),
+            (
+                "unconfirmed_walsenders_sql",
+                sw::unconfirmed_walsenders_sql("10.0.0.2".parse().unwrap(), crate::replication::Lsn(0x3000060)),
+            ),
             ("REPLAYED_SQL", sw::REPLAYED_SQL.to_string()),
             ("MAY_PROMOTE_SQL", sw::MAY_PROMOTE_SQL.to_string()),
             ("FIRST_WRITE_SQL", sw::FIRST_WRITE_SQL.to_string()),

@@ -102,8 +102,9 @@ pub fn switchover(
     let armed_at = arm_promote_role(config, cluster, &local, &promote_password)?;
     let promote_passfile = PrivatePassfile::for_promote_role(config, target, &promote_password)?;
     let promoter = promote_target(config, target, &promote_passfile.path, version);
-    if let Err(error) =
-        wait_replayed(&remote, armed_at, options.timeout).and_then(|()| check_promote_login(&promoter, target, own))
+    if let Err(error) = wait_replayed(&remote, armed_at, options.timeout)
+        .and_then(|()| check_promote_login(&promoter, target, own))
+        .and_then(|()| wait_for_other_walsenders(&local, target, armed_at, options.timeout))
     {
         disarm_locally(&local);
         return Err(error);
@@ -303,6 +304,53 @@ fn wait_replay(remote: &Target, timeout: Duration, done: impl Fn(Lsn) -> bool) -
     }
 }
 
+/// How long a streaming standby gets to confirm WAL it was just sent before it counts as silent:
+/// a wal receiver replies as soon as what it has written or flushed moves.
+const CONFIRM_GRACE: Duration = Duration::from_secs(2);
+
+/// A clean stop ends only when every walsender's standby has confirmed the shutdown checkpoint;
+/// a standby that fell silent (its host died, its link was cut) holds the stop until
+/// wal_sender_timeout ends its walsender, up to a minute with writes already refused, and pg_ctl
+/// gives up after a minute too. Each standby was sent `armed_at` moments ago, so one that has not
+/// confirmed it is silent or far behind: the stop is held back while this primary still takes
+/// writes, until each confirms or its walsender ends. Past `timeout` the stop goes ahead and
+/// waits for them itself, as it would have.
+fn wait_for_other_walsenders(local: &Target, target: IpAddr, armed_at: Lsn, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    let sql = unconfirmed_walsenders_sql(target, armed_at);
+    let mut said = false;
+    let done = poll_until(timeout, Duration::from_millis(50), || {
+        let rows = query(local, &sql)?;
+        if rows.is_empty() {
+            return Ok(Some(()));
+        }
+        if !said && started.elapsed() >= CONFIRM_GRACE {
+            for row in &rows {
+                let [address, name, reply_age] = row.as_slice() else { continue };
+                let last = if reply_age.is_empty() { "never".to_string() } else { format!("{reply_age} s ago") };
+                log::info!(
+                    "waiting for the walsender of {} ({name}), whose standby has not confirmed {armed_at} (last \
+                     reply {last}): a clean stop would wait for it with writes refused; until it confirms or \
+                     wal_sender_timeout ends it, this primary keeps taking writes",
+                    if address.is_empty() { "a local client" } else { address.as_str() },
+                );
+            }
+            said = true;
+        }
+        Ok(None)
+    })?;
+    if done.is_none() {
+        log::warn!(
+            "standbys other than {target} still have not confirmed {armed_at} after {} s; stopping anyway, and \
+             the stop waits for them (up to wal_sender_timeout)",
+            timeout.as_secs()
+        );
+    } else if said {
+        log::info!("every other standby confirmed or was dropped; stopping");
+    }
+    Ok(())
+}
+
 /// The shutdown checkpoint of the stopped cluster: the last WAL record it wrote.
 fn shutdown_checkpoint(cluster: &Cluster) -> Result<Lsn> {
     let control = pg_controldata::read(cluster.version, &cluster.data_dir)?;
@@ -413,6 +461,20 @@ fn wait_for_followers(
 /// This primary's standbys: address, state, how far each replayed, and this primary's position.
 pub(crate) const STANDBYS_SQL: &str = "SELECT host(client_addr), state, coalesce(replay_lsn::text, ''), \
      pg_current_wal_lsn()::text FROM pg_stat_replication WHERE client_addr IS NOT NULL";
+
+/// The walsenders other than the target's whose client has not confirmed `lsn`: address,
+/// application name, seconds since its last reply. A client that reports no flush position
+/// (pg_basebackup's WAL stream) is judged by what it wrote, as the server's shutdown judges it.
+pub(crate) fn unconfirmed_walsenders_sql(target: IpAddr, lsn: Lsn) -> String {
+    format!(
+        "SELECT coalesce(host(client_addr), ''), application_name, \
+         coalesce(extract(epoch FROM now() - reply_time)::bigint::text, '') FROM pg_stat_replication \
+         WHERE state IN ('streaming', 'catchup') AND client_addr IS DISTINCT FROM {}::inet \
+         AND (coalesce(flush_lsn, write_lsn) IS NULL OR coalesce(flush_lsn, write_lsn) < {}::pg_lsn)",
+        sql_literal(&target.to_string()),
+        sql_literal(&lsn.to_string())
+    )
+}
 
 pub(crate) const TARGET_STATE_SQL: &str =
     "SELECT pg_is_in_recovery(), current_setting('server_version_num')::int / 10000";

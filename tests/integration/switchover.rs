@@ -138,3 +138,35 @@ fn switchover_under_load_loses_no_commit_and_every_standby_follows() {
         assert!(!cluster.log().contains(PASSWORD), "the password reached a server log");
     }
 }
+
+/// A standby that fell silent just before a switchover (its link cut, as when its host dies)
+/// would hold the primary's clean stop until wal_sender_timeout ended its walsender, with writes
+/// already refused. The switchover waits that walsender out first, while the primary still
+/// takes writes: in the primary's log the walsender's timeout comes before the stop.
+#[test]
+fn a_standby_gone_silent_is_waited_out_before_the_stop() {
+    let Some(three) = ThreeHosts::new(PASSWORD) else { return };
+    // Shorter than the default 60 s, which behaves the same only slower; long enough that C's
+    // walsender is still there when the switchover looks, a few seconds after the cut.
+    three.a.psql("ALTER SYSTEM SET wal_sender_timeout = '15s'");
+    three.a.psql("SELECT pg_reload_conf()");
+    three.a.wait_for("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", "2", WAIT);
+    let veth = three.hosts.c.veth();
+    run_ok(Command::new("ip").args(["-n", &three.hosts.c.name, "link", "set", &veth, "down"]));
+
+    let out = three.run(0, &["switchover", "--to", &three.hosts.b_ip, "--timeout", "25s"]);
+    run_ok(Command::new("ip").args(["-n", &three.hosts.c.name, "link", "set", &veth, "up"]));
+    assert_eq!(out.code, 0, "pgha switchover failed:\n{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(&format!("waiting for the walsender of {}", three.hosts.c_ip)),
+        "the silent standby is named: {}",
+        out.stderr
+    );
+    assert_eq!(three.b.psql("SELECT pg_is_in_recovery()"), "f", "B is the primary");
+    let log = three.a.log();
+    let timed_out = log
+        .rfind("terminating walsender process due to replication timeout")
+        .unwrap_or_else(|| panic!("C's walsender never timed out:\n{log}"));
+    let stopped = log.rfind("received fast shutdown request").expect("the switchover stopped A");
+    assert!(timed_out < stopped, "the stop came before C's walsender ended:\n{log}");
+}
