@@ -30,7 +30,7 @@ use crate::tools::psql::{invoke_psql, query, Target};
 use crate::upstream::PrivatePassfile;
 
 /// The share of the data directory's filesystem the kept directories may take before WARNING.
-pub(crate) const DEFAULT_WARN_KEPT: u8 = 20;
+const DEFAULT_WARN_KEPT: u8 = 20;
 
 /// The limits that turn a report's figures into WARNING and CRITICAL: one set of flags, so that
 /// `pgha metrics` judges with the same limits a `pgha status` check is given.
@@ -51,12 +51,12 @@ pub struct HealthLimitArgs {
 
     /// WARNING when the data directory's or the archive's filesystem has less than this
     /// percentage free
-    #[arg(long, value_name = "PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[arg(long, value_name = "PERCENT", default_value_t = FreeLimits::default().warn_percent, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub warn_free: u8,
 
     /// CRITICAL when the data directory's or the archive's filesystem has less than this
     /// percentage free
-    #[arg(long, value_name = "PERCENT", default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[arg(long, value_name = "PERCENT", default_value_t = FreeLimits::default().crit_percent, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub crit_free: u8,
 }
 

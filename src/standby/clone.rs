@@ -16,7 +16,7 @@ use crate::files::plan::{file_change, rendered_file_change, FileChange, Ownershi
 use crate::files::secure::read_text_capped;
 use crate::host::postgres_account;
 use crate::notify::notify_status;
-use crate::render::{render, standby_name, Facts, HotStandbySettings, Role};
+use crate::render::{render, standby_name, Facts, HotStandbySettings, RenderedFile, Role};
 use crate::standby::preflight::PrimaryFacts;
 use crate::standby::slots::{drop_slot_if_created, prepare_slot, SlotPlan};
 use crate::standby::streaming::{confirm_started_standby, StandbyStarted};
@@ -275,8 +275,7 @@ fn local_ssl(cluster: &Cluster) -> bool {
     }
 }
 
-/// The facts to render a standby's files with. `local_ssl` comes from `local_ssl()`; a caller
-/// that uses only the signal file, which does not depend on it, passes any value.
+/// The facts to render a standby's files with; `local_ssl` from `local_ssl()`.
 fn standby_facts(context: &StandbyContext, settings: Option<HotStandbySettings>, local_ssl: bool) -> Facts {
     let cluster = context.cluster;
     Facts {
@@ -304,9 +303,7 @@ fn standby_config(config: &Config, settings: Option<&HotStandbySettings>) -> Con
 /// from here on nothing can start the copy as a primary.
 pub fn configure_staging(context: &StandbyContext, staging: &Path) -> Result<()> {
     let postgres = postgres_account()?;
-    let config = standby_config(context.config, None);
-    let files = render(Role::Standby, &config, &standby_facts(context, None, true))?;
-    let signal = files.first().context("render gave no standby signal file")?;
+    let signal = rendered_signal_file(context)?;
     let name = signal.path.file_name().context("signal file has no name")?;
     write_atomic(
         &staging.join(name),
@@ -341,10 +338,16 @@ pub fn configure_in_place(context: &StandbyContext, system_identifier: &str, fal
 /// The signal file (or recovery.conf) a standby needs in `data_dir`, when it is missing or differs.
 pub fn signal_file_change(context: &StandbyContext, data_dir: &Path) -> Result<Option<FileChange>> {
     let postgres = postgres_account()?;
-    let files = render(Role::Standby, &standby_config(context.config, None), &standby_facts(context, None, true))?;
-    let signal = files.into_iter().next().context("render gave no standby signal file")?;
+    let signal = rendered_signal_file(context)?;
     let name = signal.path.file_name().context("signal file has no name")?;
     file_change(&data_dir.join(name), signal.content, Ownership { uid: postgres.uid, gid: postgres.gid, mode: 0o600 })
+}
+
+/// The standby's signal file (or recovery.conf), the first file render gives. It does not
+/// depend on the server's TLS setting, so the server is not asked.
+fn rendered_signal_file(context: &StandbyContext) -> Result<RenderedFile> {
+    let files = render(Role::Standby, &standby_config(context.config, None), &standby_facts(context, None, true))?;
+    files.into_iter().next().context("render gave no standby signal file")
 }
 
 /// conf.d/pgha.conf with the clone's pg_control settings, the pg_hba block and the passfile,

@@ -73,7 +73,8 @@ pub fn identify_primary(context: &StandbyContext, passfile: &Path) -> Result<Str
 /// were most of the preflight's time.
 struct Answers {
     facts: Result<Vec<Vec<String>>>,
-    slot: Option<Result<Vec<Vec<String>>>>,
+    /// The slot named after this standby, with `slot_state_sql`'s answer; None without slots.
+    slot: Option<(String, Result<Vec<Vec<String>>>)>,
     database_bytes: Result<String>,
     kept_wal_bytes: Option<Result<String>>,
     local: Result<LocalCluster>,
@@ -90,7 +91,10 @@ fn ask_all(context: &StandbyContext, remote: &Target) -> Answers {
     std::thread::scope(|scope| {
         let primary = scope.spawn(|| {
             let facts = query(remote, &primary_facts_sql(context.own_address));
-            let slot = context.slot_name().map(|name| query(remote, &slot_state_sql(&name, cluster.version)));
+            let slot = context.slot_name().map(|name| {
+                let rows = query(remote, &slot_state_sql(&name, cluster.version));
+                (name, rows)
+            });
             let database_bytes = query_value(remote, DATABASE_SIZE_SQL);
             let kept_wal_bytes = kept_wal_sql(cluster.version).map(|sql| query_value(remote, sql));
             (facts, slot, database_bytes, kept_wal_bytes)
@@ -147,9 +151,9 @@ pub fn preflight(context: &StandbyContext, passfile: &Path, system_identifier: S
         );
     }
 
-    let slot = match (context.slot_name(), answers.slot) {
-        (Some(name), Some(rows)) => slot_state(context, &rows?, &name, local.online)?,
-        _ => None,
+    let slot = match answers.slot {
+        Some((name, rows)) => slot_state(context, &rows?, &name, local.online)?,
+        None => None,
     };
 
     let database_bytes = match answers.database_bytes {
